@@ -1,0 +1,3 @@
+"""MNIST training job."""
+
+__version__ = "0.1.0"

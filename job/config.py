@@ -1,0 +1,169 @@
+"""The job's configuration: one frozen object built from the environment, validated at the edge.
+
+Precedence: explicit variables > platform variables (WML's RESULT_DIR, DATA_DIR, TRAINING_ID)
+> defaults. A `.env` file in the working directory (or the file named by ENV_FILE) fills in
+variables the process environment does not set. Nothing here imports TensorFlow, so a bad value
+fails in milliseconds with one line naming the variable.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+
+from job.errors import ConfigError
+
+DATASETS = ("mnist", "fashion_mnist")
+LOG_FORMATS = ("auto", "json", "console")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+RUN_ID_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+RUN_ID_RULE = "1-63 characters of [a-z0-9-], starting and ending with a letter or digit"
+REDACTED = "***"
+
+
+@dataclass(frozen=True)
+class Config:
+    run_id: str
+    dataset: str = "mnist"
+    data_uri: str | None = None
+    output_uri: str = "./runs"
+    epochs: int = 12
+    batch_size: int = 128
+    learning_rate: float = 0.001
+    seed: int = 42
+    train_limit: int | None = None
+    test_limit: int | None = None
+    log_format: str = "auto"
+    log_level: str = "info"
+    work_dir: str | None = None
+
+    def redacted(self) -> dict[str, object]:
+        """The configuration as plain data, safe to print, log or store."""
+        return {f.name: REDACTED if f.metadata.get("secret") else v for f, v in _items(self)}
+
+
+def _items(cfg: Config):
+    values = asdict(cfg)
+    return [(f, values[f.name]) for f in fields(cfg)]
+
+
+# --- value parsers: each returns the parsed value or raises ConfigError naming the variable ---
+
+
+def _int(lo: int, hi: int) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw, 10)
+        except ValueError:
+            raise ConfigError(name, raw, f"an integer from {lo} to {hi}") from None
+        if not lo <= value <= hi:
+            raise ConfigError(name, raw, f"an integer from {lo} to {hi}")
+        return value
+
+    return parse
+
+
+def _float(lo_exclusive: float, hi: float) -> Callable[[str, str], float]:
+    def parse(name: str, raw: str) -> float:
+        rule = f"a number greater than {lo_exclusive} and at most {hi}"
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(name, raw, rule) from None
+        if not math.isfinite(value) or not lo_exclusive < value <= hi:
+            raise ConfigError(name, raw, rule)
+        return value
+
+    return parse
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.lower()
+        if value not in options:
+            raise ConfigError(name, raw, "one of " + ", ".join(options))
+        return value
+
+    return parse
+
+
+def _run_id(name: str, raw: str) -> str:
+    if not RUN_ID_RE.match(raw):
+        raise ConfigError(name, raw, RUN_ID_RULE)
+    return raw
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+# Variable name -> (field, parser). Order is the order errors are found in.
+VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
+    "RUN_ID": ("run_id", _run_id),
+    "DATASET": ("dataset", _choice(DATASETS)),
+    "DATA_URI": ("data_uri", _text),
+    "OUTPUT_URI": ("output_uri", _text),
+    "EPOCHS": ("epochs", _int(1, 10_000)),
+    "BATCH_SIZE": ("batch_size", _int(1, 65_536)),
+    "LEARNING_RATE": ("learning_rate", _float(0.0, 10.0)),
+    "SEED": ("seed", _int(0, 2**31 - 1)),
+    "TRAIN_LIMIT": ("train_limit", _int(1, 10_000_000)),
+    "TEST_LIMIT": ("test_limit", _int(1, 10_000_000)),
+    "LOG_FORMAT": ("log_format", _choice(LOG_FORMATS)),
+    "LOG_LEVEL": ("log_level", _choice(LOG_LEVELS)),
+    "WORK_DIR": ("work_dir", _text),
+}
+
+# Platform variables (WML training containers) used only where the explicit one is unset.
+PLATFORM_FALLBACKS = {"OUTPUT_URI": "RESULT_DIR", "DATA_URI": "DATA_DIR", "RUN_ID": "TRAINING_ID"}
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """A sortable, unique default: UTC timestamp plus a short random suffix."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+def from_env(env: Mapping[str, str]) -> Config:
+    """Build and validate the configuration from a mapping of variables (pure)."""
+    # Empty values count as unset: templated manifests and .env files often leave them blank.
+    given = {k: v.strip() for k, v in env.items() if v is not None and v.strip()}
+    for explicit, platform in PLATFORM_FALLBACKS.items():
+        if explicit not in given and platform in given:
+            value = given[platform]
+            # WML training ids look like "training-AbC123": run ids are lower-case DNS labels.
+            given[explicit] = value.lower() if explicit == "RUN_ID" else value
+    values: dict[str, object] = {}
+    for name, (field, parse) in VARIABLES.items():
+        if name in given:
+            values[field] = parse(name, given[name])
+    values.setdefault("run_id", new_run_id())
+    return Config(**values)  # type: ignore[arg-type]
+
+
+def read_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The process environment merged over `.env` (or ENV_FILE); the process always wins."""
+    environ = dict(os.environ if environ is None else environ)
+    from dotenv import dotenv_values
+
+    named = environ.get("ENV_FILE", "").strip()
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise ConfigError("ENV_FILE", named, "the path of a readable .env file")
+    else:
+        path = Path(".env")
+        if not path.is_file():
+            return environ
+    from_file = {k: v for k, v in dotenv_values(path).items() if v is not None}
+    return {**from_file, **environ}
+
+
+def load(environ: Mapping[str, str] | None = None) -> Config:
+    return from_env(read_environment(environ))

@@ -1,0 +1,77 @@
+"""Structured logging: JSON lines in containers and pipes, readable console output on a terminal.
+
+Every event carries `run_id` once `bind_run` is called. TensorFlow's native chatter is kept
+out of the logs (see `import_tensorflow_quietly`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import structlog
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+_LEVELS["error"] = logging.ERROR
+
+
+def use_json(log_format: str, stream=None) -> bool:
+    stream = stream or sys.stderr
+    if log_format == "auto":
+        return not stream.isatty()
+    return log_format == "json"
+
+
+def configure(log_format: str = "auto", level: str = "info") -> None:
+    """Set up structlog for this process; logs go to stderr so stdout stays for results."""
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if use_json(log_format)
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def bind_run(run_id: str) -> None:
+    structlog.contextvars.bind_contextvars(run_id=run_id)
+
+
+def import_tensorflow_quietly(level: str = "info") -> None:
+    """Import TensorFlow without its native start-up chatter unless debugging.
+
+    TF_CPP_MIN_LOG_LEVEL no longer silences the absl lines TensorFlow prints while loading its
+    native libraries (tensorflow/tensorflow#100442), so file descriptor 2 points at /dev/null for
+    the import alone. Python-level import errors still surface as exceptions.
+    """
+    if level == "debug":
+        import tensorflow
+
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def get(name: str | None = None):
+    return structlog.get_logger(name)

@@ -1,0 +1,47 @@
+"""`python -m job predict MODEL IMAGE...`: classify grayscale digit images with a saved model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from job.errors import DataError
+
+MODEL_FILE = Path("model") / "model.keras"
+
+
+def resolve_model(path: Path) -> Path:
+    """A .keras file, or a run folder holding model/model.keras."""
+    candidate = path / MODEL_FILE if path.is_dir() else path
+    if not candidate.is_file():
+        raise DataError(f"{path}: no saved model (expected a .keras file or a run folder)")
+    return candidate
+
+
+def load_image(path: Path) -> np.ndarray:
+    """A 28x28 uint8 array, white digit on black as in MNIST (dark-on-light input is inverted)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            gray = img.convert("L")
+            if gray.size != (28, 28):
+                gray = gray.resize((28, 28), Image.Resampling.LANCZOS)
+            pixels = np.asarray(gray, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc})") from None
+    # MNIST digits are light strokes on a dark background; a scanned or drawn digit is usually
+    # the opposite, which the model would misread.
+    return 255 - pixels if pixels.mean() > 127 else pixels
+
+
+def predict(model_path: Path, image_paths: list[Path]) -> list[tuple[Path, int, float]]:
+    import keras
+
+    model = keras.models.load_model(resolve_model(model_path), compile=False)
+    batch = np.stack([load_image(p) for p in image_paths]).astype(np.float32)[..., None] / 255.0
+    probs = np.asarray(model.predict(batch, verbose=0))
+    return [
+        (p, int(row.argmax()), float(row.max())) for p, row in zip(image_paths, probs, strict=True)
+    ]

@@ -1,0 +1,79 @@
+"""The run publication contract: everything under `<run_id>/`, the completion marker last.
+
+Order of writes: `run.json` (start record) and `status.json` first; `status.json` again after
+every epoch (the heartbeat); the artifacts; then `_SUCCESS`, listing every artifact with its
+size and SHA-256; last the final `status.json`. A failed run gets `_FAILURE` instead and never a
+`_SUCCESS`. Readers trust a run only when `_SUCCESS` is there. `status.json` is the mutable
+heartbeat, so it is not listed in `_SUCCESS`.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from job.digest import sha256_bytes, sha256_file
+from job.store import Store
+
+SUCCESS = "_SUCCESS"
+FAILURE = "_FAILURE"
+STATUS = "status.json"
+RUN_RECORD = "run.json"
+MAX_REASON = 1000
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def to_json(data: object) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+
+
+class RunPublisher:
+    def __init__(self, store: Store, run_id: str) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.prefix = f"{run_id}/"
+        self.location = f"{store.uri.rstrip('/')}/{run_id}"
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    def succeeded(self) -> bool:
+        return self.store.exists(self.key(SUCCESS))
+
+    def read_json(self, name: str) -> dict | None:
+        raw = self.store.get_bytes(self.key(name))
+        return None if raw is None else json.loads(raw)
+
+    def start(self, record: dict) -> None:
+        self.store.put_bytes(self.key(RUN_RECORD), to_json(record))
+        self.status("starting")
+
+    def status(self, state: str, **fields: object) -> None:
+        body = {"run_id": self.run_id, "state": state, "updated_at": now_iso(), **fields}
+        self.store.put_bytes(self.key(STATUS), to_json(body))
+
+    def publish(self, folder: Path, **final_status: object) -> dict:
+        """Upload every file under `folder`, then `_SUCCESS` listing them with their hashes."""
+        files = []
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            name = path.relative_to(folder).as_posix()
+            self.store.put_file(self.key(name), path)
+            files.append({"path": name, "size": path.stat().st_size, "sha256": sha256_file(path)})
+        record = self.store.get_bytes(self.key(RUN_RECORD)) or b""
+        files.append({"path": RUN_RECORD, "size": len(record), "sha256": sha256_bytes(record)})
+        manifest = {"run_id": self.run_id, "completed_at": now_iso(), "files": files}
+        self.store.put_bytes(self.key(SUCCESS), to_json(manifest))
+        # A marker from an earlier failed attempt of this run id must not linger beside success.
+        self.store.delete(self.key(FAILURE))
+        self.status("succeeded", **final_status)
+        return manifest
+
+    def fail(self, reason: str, **fields: object) -> None:
+        reason = reason[:MAX_REASON]
+        body = {"run_id": self.run_id, "failed_at": now_iso(), "reason": reason, **fields}
+        self.store.put_bytes(self.key(FAILURE), to_json(body))
+        self.status("failed", reason=reason)

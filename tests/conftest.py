@@ -1,0 +1,44 @@
+"""Shared fixtures: real MNIST from `make data`, and the job run as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MNIST_DIR = ROOT / "data" / "mnist"
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    if not (MNIST_DIR / "train-images-idx3-ubyte").is_file():
+        pytest.fail(f"real MNIST is missing from {MNIST_DIR}: run `make data` first")
+    return MNIST_DIR
+
+
+def job_env(**overrides: str) -> dict[str, str]:
+    """A clean environment for the job: PATH and friends, none of the job's own variables."""
+    keep = ("PATH", "HOME", "LANG", "TMPDIR", "SSL_CERT_FILE", "OPENBLAS_CORETYPE")
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env.update({"LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"})
+    env.update(overrides)
+    return env
+
+
+def run_job(
+    *args: str, env: dict[str, str], cwd: Path, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """`python -m job ARGS` in `cwd` (so no stray .env is read), capturing text output."""
+    return subprocess.run(
+        [sys.executable, "-m", "job", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
