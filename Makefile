@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed
 # pip warns once per package about this machine's optional local index folders: noise.
 QUIET_PIP := grep -v 'is ignored: it is neither a file nor a directory' || true
 
-.PHONY: help venv data train test lint format lock bench clean
+.PHONY: help venv data train test lint format lock bench bench-short clean
 
 help:
 	@echo "make train   - set up, fetch MNIST, train with defaults (results under ./runs)"
 	@echo "make test    - set up, fetch MNIST, run lint and the whole test suite"
 	@echo "make data    - fetch and verify real MNIST into ./data (idempotent)"
+	@echo "make bench   - notebook recipe vs default, side by side (bench-short: a quick check)"
 	@echo "make lock    - re-resolve requirements*.lock from pyproject.toml"
 	@echo "make lint / format / clean"
 
@@ -49,3 +50,9 @@ lock: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+bench: data
+	$(PY) bench/bench.py
+
+bench-short: data
+	$(PY) bench/bench.py --short

@@ -1,4 +1,4 @@
-"""Per-epoch reporting: one structured log event and a status.json heartbeat each epoch."""
+"""Per-epoch reporting and the optional early stop at a target accuracy."""
 
 from __future__ import annotations
 
@@ -13,27 +13,61 @@ HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
 class EpochReporter(keras.callbacks.Callback):
-    def __init__(self, publisher: RunPublisher, epochs: int, n_train: int) -> None:
+    """One structured log event and a status.json heartbeat per epoch.
+
+    Times each epoch's training apart from its validation pass, so throughput figures count
+    training alone.
+    """
+
+    def __init__(self, publisher: RunPublisher, epochs: int, samples_per_epoch: int) -> None:
         super().__init__()
         self.publisher = publisher
         self.epochs = epochs
-        self.n_train = n_train
+        self.samples_per_epoch = samples_per_epoch
         self.history: list[dict[str, float]] = []
         self.log = logs.get("job.train")
-        self._started = 0.0
+        self._epoch_start = self._test_start = 0.0
+        self._test_seconds = 0.0
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
-        self._started = time.perf_counter()
+        self._epoch_start = time.perf_counter()
+        self._test_seconds = 0.0
+
+    def on_test_begin(self, logs=None) -> None:
+        self._test_start = time.perf_counter()
+
+    def on_test_end(self, logs=None) -> None:
+        self._test_seconds += time.perf_counter() - self._test_start
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
-        seconds = time.perf_counter() - self._started
+        seconds = time.perf_counter() - self._epoch_start
+        train_seconds = max(seconds - self._test_seconds, 1e-9)
         values = {k: round(float(logs[k]), 6) for k in HISTORY_KEYS if logs and k in logs}
-        entry = {"epoch": epoch + 1, **values, "seconds": round(seconds, 3)}
+        entry = {
+            "epoch": epoch + 1,
+            **values,
+            "seconds": round(seconds, 3),
+            "train_seconds": round(train_seconds, 3),
+        }
         self.history.append(entry)
         self.log.info(
             "epoch",
             epochs=self.epochs,
-            samples_per_second=round(self.n_train / seconds, 1) if seconds else None,
+            samples_per_second=round(self.samples_per_epoch / train_seconds, 1),
             **entry,
         )
         self.publisher.status("running", epoch=epoch + 1, epochs=self.epochs, metrics=values)
+
+
+class StopAtAccuracy(keras.callbacks.Callback):
+    """TARGET_ACCURACY: stop once the epoch's test accuracy reaches the target."""
+
+    def __init__(self, target: float) -> None:
+        super().__init__()
+        self.target = target
+        self.reached_at: int | None = None
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if logs and logs.get("val_accuracy", 0.0) >= self.target:
+            self.reached_at = epoch + 1
+            self.model.stop_training = True

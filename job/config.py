@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from job.errors import ConfigError
+from job.precision import PRECISIONS
+from job.recipes import DEFAULT_RECIPE, RECIPES
 
 DATASETS = ("mnist", "fashion_mnist")
 LOG_FORMATS = ("auto", "json", "console")
@@ -33,9 +35,13 @@ class Config:
     dataset: str = "mnist"
     data_uri: str | None = None
     output_uri: str = "./runs"
-    epochs: int = 12
-    batch_size: int = 128
-    learning_rate: float = 0.001
+    recipe: str = DEFAULT_RECIPE
+    # Unset means "the recipe's value" (see job.recipes); from_env fills them in.
+    epochs: int = RECIPES[DEFAULT_RECIPE].epochs
+    batch_size: int = RECIPES[DEFAULT_RECIPE].batch_size
+    learning_rate: float = RECIPES[DEFAULT_RECIPE].learning_rate
+    precision: str = "auto"
+    target_accuracy: float | None = None
     seed: int = 42
     train_limit: int | None = None
     test_limit: int | None = None
@@ -109,9 +115,12 @@ VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "DATASET": ("dataset", _choice(DATASETS)),
     "DATA_URI": ("data_uri", _text),
     "OUTPUT_URI": ("output_uri", _text),
+    "RECIPE": ("recipe", _choice(tuple(RECIPES))),
     "EPOCHS": ("epochs", _int(1, 10_000)),
     "BATCH_SIZE": ("batch_size", _int(1, 65_536)),
     "LEARNING_RATE": ("learning_rate", _float(0.0, 10.0)),
+    "PRECISION": ("precision", _choice(PRECISIONS)),
+    "TARGET_ACCURACY": ("target_accuracy", _float(0.0, 1.0)),
     "SEED": ("seed", _int(0, 2**31 - 1)),
     "TRAIN_LIMIT": ("train_limit", _int(1, 10_000_000)),
     "TEST_LIMIT": ("test_limit", _int(1, 10_000_000)),
@@ -144,6 +153,11 @@ def from_env(env: Mapping[str, str]) -> Config:
         if name in given:
             values[field] = parse(name, given[name])
     values.setdefault("run_id", new_run_id())
+    recipe = RECIPES[values.get("recipe", DEFAULT_RECIPE)]  # type: ignore[index]
+    values.setdefault("epochs", recipe.epochs)
+    values.setdefault("batch_size", recipe.batch_size)
+    values.setdefault("learning_rate", recipe.learning_rate)
+    values.setdefault("precision", recipe.precision)
     return Config(**values)  # type: ignore[arg-type]
 
 

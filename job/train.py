@@ -19,19 +19,16 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from job import __version__, data, images, logs, metrics
-from job.callbacks import EpochReporter
+from job import __version__, data, images, logs, metrics, precision
+from job.callbacks import EpochReporter, StopAtAccuracy
 from job.config import Config
-from job.model import build_model, compile_model, layer_table
+from job.model import build_model, compile_model, layer_table, learning_rate
+from job.plan import TrainingPlan, prepare, training_plan
 from job.publish import RunPublisher, now_iso
+from job.recipes import RECIPES, Recipe
 from job.store import Store, open_store
 
 METRICS = "metrics.json"
-
-
-def prepare(x: np.ndarray, y: np.ndarray, n_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 digits -> float32 in [0, 1] with a channel axis; labels -> one-hot (as the seed)."""
-    return (x.astype(np.float32) / 255.0)[..., None], keras.utils.to_categorical(y, n_classes)
 
 
 def run_record(config: Config) -> dict:
@@ -74,39 +71,86 @@ def run(
         raise
 
 
-def _train_and_publish(config, datasets, strategy, publisher: RunPublisher) -> dict:
+def _train_and_publish(config: Config, datasets, strategy, publisher: RunPublisher) -> dict:
     log = logs.get("job.train")
     ds = (datasets or data.load(config.dataset, config.data_uri)).limited(
         config.train_limit, config.test_limit
     )
     log.info("data_loaded", source=ds.source, n_train=len(ds.y_train), n_test=len(ds.y_test))
+    recipe = RECIPES[config.recipe]
+    chosen = precision.detect(config.precision)
     keras.utils.set_random_seed(config.seed)
-    x_train, y_train = prepare(ds.x_train, ds.y_train)
-    x_test, y_test = prepare(ds.x_test, ds.y_test)
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision.KERAS_POLICY[chosen])
+    try:
+        plan = training_plan(config, recipe, ds)
+        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+            model = build_model()
+            compile_model(
+                model,
+                learning_rate(
+                    config.learning_rate,
+                    recipe.schedule,
+                    plan.steps_per_epoch,
+                    config.epochs,
+                    recipe.warmup_epochs,
+                ),
+                label_smoothing=recipe.label_smoothing,
+                steps_per_execution=plan.steps_per_execution,
+            )
+        log.info(
+            "model",
+            params=model.count_params(),
+            layers=layer_table(model),
+            recipe=recipe.name,
+            precision=chosen,
+            batch_size=plan.batch_size,
+            steps_per_epoch=plan.steps_per_epoch,
+            steps_per_execution=plan.steps_per_execution,
+        )
+        result, probs = _fit_and_evaluate(config, recipe, chosen, ds, plan, model, publisher)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
 
-    with strategy.scope() if strategy is not None else contextlib.nullcontext():
-        model = build_model()
-        compile_model(model, config.learning_rate)
-    log.info("model", params=model.count_params(), layers=layer_table(model))
+    work = Path(tempfile.mkdtemp(prefix=f"mnist-job-{config.run_id}-", dir=config.work_dir))
+    try:
+        write_artifacts(work, model, ds, probs, result)
+        manifest = publisher.publish(
+            work, epoch=result["epochs_completed"], epochs=config.epochs, metrics=_headline(result)
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("run_published", location=publisher.location, files=len(manifest["files"]))
+    return result
 
-    reporter = EpochReporter(publisher, config.epochs, len(x_train))
+
+def _fit_and_evaluate(
+    config: Config, recipe: Recipe, chosen: str, ds, plan: TrainingPlan, model, publisher
+) -> tuple[dict, np.ndarray]:
+    """Fit, then evaluate in float32 on the test split; returns (metrics, probabilities)."""
+    log = logs.get("job.train")
+    reporter = EpochReporter(publisher, config.epochs, plan.samples_per_epoch)
+    callbacks = [reporter]
+    stopper = StopAtAccuracy(config.target_accuracy) if config.target_accuracy else None
+    if stopper:
+        callbacks.append(stopper)
     publisher.status("running", epoch=0, epochs=config.epochs)
     started = time.perf_counter()
     model.fit(
-        x_train,
-        y_train,
-        batch_size=config.batch_size,
+        **plan.fit_args,
         epochs=config.epochs,
-        validation_data=(x_test, y_test),
-        callbacks=[reporter],
+        callbacks=callbacks,
         # A progress bar only on a terminal; otherwise the reporter's one event per epoch.
         verbose=1 if sys.stdout.isatty() else 0,
     )
-    train_seconds = time.perf_counter() - started
+    fit_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    probs = model.predict(x_test, batch_size=1024, verbose=0).astype(np.float32)
+    x_test, _ = prepare(ds.x_test, ds.y_test)
+    probs = np.asarray(model.predict(x_test, batch_size=2000, verbose=0), dtype=np.float32)
     eval_seconds = time.perf_counter() - started
+    completed = len(reporter.history)
+    train_only = sum(h["train_seconds"] for h in reporter.history)
     result = {
         "schema_version": metrics.SCHEMA_VERSION,
         "run_id": config.run_id,
@@ -115,20 +159,28 @@ def _train_and_publish(config, datasets, strategy, publisher: RunPublisher) -> d
         "n_train": len(ds.y_train),
         "n_test": len(ds.y_test),
         "epochs": config.epochs,
-        "epochs_completed": len(reporter.history),
+        "epochs_completed": completed,
+        "target_accuracy": config.target_accuracy,
+        "target_reached_epoch": stopper.reached_at if stopper else None,
         **metrics.evaluate(probs, ds.y_test),
         "history": reporter.history,
         "timings": {
-            "train_seconds": round(train_seconds, 3),
+            "fit_seconds": round(fit_seconds, 3),
+            "train_seconds": round(train_only, 3),
             "eval_seconds": round(eval_seconds, 3),
-            "train_samples_per_second": round(
-                len(ds.y_train) * len(reporter.history) / train_seconds, 1
-            ),
+            "train_samples_per_second": round(plan.samples_per_epoch * completed / train_only, 1),
         },
         "params": {
             "model_params": model.count_params(),
-            "batch_size": config.batch_size,
+            "recipe": recipe.name,
+            "precision": chosen,
+            "batch_size": plan.batch_size,
             "learning_rate": config.learning_rate,
+            "schedule": recipe.schedule,
+            "augment": recipe.augment,
+            "label_smoothing": recipe.label_smoothing,
+            "steps_per_epoch": plan.steps_per_epoch,
+            "steps_per_execution": plan.steps_per_execution,
             "optimizer": "rmsprop",
             "seed": config.seed,
         },
@@ -139,17 +191,7 @@ def _train_and_publish(config, datasets, strategy, publisher: RunPublisher) -> d
         test_loss=result["test_loss"],
         baseline_error_pct=result["baseline_error_pct"],
     )
-
-    work = Path(tempfile.mkdtemp(prefix=f"mnist-job-{config.run_id}-", dir=config.work_dir))
-    try:
-        write_artifacts(work, model, ds, probs, result)
-        manifest = publisher.publish(
-            work, epoch=len(reporter.history), epochs=config.epochs, metrics=_headline(result)
-        )
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    log.info("run_published", location=publisher.location, files=len(manifest["files"]))
-    return result
+    return result, probs
 
 
 def _headline(result: dict) -> dict:

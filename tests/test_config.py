@@ -6,9 +6,9 @@ from job import config
 from job.errors import EXIT_CONFIG, ConfigError
 
 
-def test_defaults_reproduce_the_notebook():
+def test_defaults_come_from_the_fast_recipe():
     cfg = config.from_env({})
-    assert (cfg.epochs, cfg.batch_size, cfg.learning_rate) == (12, 128, 0.001)
+    assert (cfg.recipe, cfg.epochs, cfg.batch_size, cfg.learning_rate) == ("fast", 20, 512, 0.003)
     assert cfg.dataset == "mnist" and cfg.output_uri == "./runs"
     assert config.RUN_ID_RE.match(cfg.run_id)
     assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", cfg.run_id)
@@ -36,7 +36,7 @@ def test_values_are_parsed_and_typed():
 
 
 def test_empty_values_count_as_unset():
-    assert config.from_env({"EPOCHS": "", "DATA_URI": "  "}).epochs == 12
+    assert config.from_env({"EPOCHS": "", "DATA_URI": "  "}).epochs == 20
 
 
 @pytest.mark.parametrize(
@@ -55,6 +55,9 @@ def test_empty_values_count_as_unset():
         ({"RUN_ID": "-leading"}, "RUN_ID"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+        ({"RECIPE": "turbo"}, "RECIPE"),
+        ({"PRECISION": "int8"}, "PRECISION"),
+        ({"TARGET_ACCURACY": "1.5"}, "TARGET_ACCURACY"),
     ],
 )
 def test_bad_values_name_the_variable(env, variable):

@@ -41,6 +41,7 @@ def trained(tmp_path_factory, mnist_dir):
         TRAIN_LIMIT="2000",
         TEST_LIMIT="500",
         EPOCHS="2",
+        BATCH_SIZE="128",  # the default (fast) recipe, with enough steps on a small slice
     )
     proc = run_job("train", env=env, cwd=cwd)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,0 +1,57 @@
+"""Choosing the compute precision from the hardware: pure rules plus a small probe at the edge.
+
+bfloat16 runs fast on CPUs with AMX or AVX512-BF16 and on GPUs of compute capability 8.0 and
+newer; float16 only on older GPUs (7.x) with tensor cores. float16 is never chosen, nor allowed, on
+a CPU: there it is emulated and far slower than float32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from job.errors import ConfigError
+
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+KERAS_POLICY = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
+CPU_BF16_FLAGS = {"amx_bf16", "avx512_bf16"}
+
+
+def choose(requested: str, gpu_capabilities: list[tuple[int, int]], cpu_flags: set[str]) -> str:
+    """The precision to train in; raises ConfigError for an explicit choice the host can't run."""
+    if requested == "float16" and not gpu_capabilities:
+        raise ConfigError(
+            "PRECISION", requested, "float32 or bfloat16 on a CPU (float16 needs a GPU)"
+        )
+    if requested != "auto":
+        return requested
+    if gpu_capabilities:
+        oldest = min(gpu_capabilities)
+        if oldest >= (8, 0):
+            return "bfloat16"
+        return "float16" if oldest >= (7, 0) else "float32"
+    return "bfloat16" if cpu_flags & CPU_BF16_FLAGS else "float32"
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def gpu_capabilities() -> list[tuple[int, int]]:
+    import tensorflow as tf
+
+    caps = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        caps.append(tuple(details.get("compute_capability", (0, 0))))
+    return caps
+
+
+def detect(requested: str) -> str:
+    return choose(requested, gpu_capabilities(), cpu_flags())

@@ -1,0 +1,166 @@
+"""Recipes, precision choice and the input pipeline: the fast path never changes the network."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+
+from job import config, precision
+from job.errors import ConfigError
+from job.recipes import RECIPES, steps_per_execution
+from tests.conftest import job_env, run_job
+
+
+def test_seed_recipe_is_the_notebook():
+    cfg = config.from_env({"RECIPE": "seed"})
+    assert (cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.precision) == (
+        12,
+        128,
+        0.001,
+        "float32",
+    )
+    seed = RECIPES["seed"]
+    assert (seed.schedule, seed.augment, seed.label_smoothing) == ("constant", False, 0.0)
+    assert (seed.pipeline, seed.max_steps_per_execution) == ("numpy", 1)
+
+
+def test_fast_is_the_default_and_explicit_values_win():
+    assert config.from_env({}).recipe == "fast"
+    cfg = config.from_env({"RECIPE": "seed", "EPOCHS": "3", "PRECISION": "bfloat16"})
+    assert (cfg.epochs, cfg.batch_size, cfg.precision) == (3, 128, "bfloat16")
+
+
+def test_seed_recipe_compiles_the_notebook_model(mnist_dir):
+    import keras
+
+    from job import data
+    from job.model import build_model, compile_model, learning_rate
+    from job.plan import training_plan
+
+    cfg = config.from_env({"RECIPE": "seed", "TRAIN_LIMIT": "1000", "TEST_LIMIT": "100"})
+    ds = data.load("mnist", str(mnist_dir)).limited(1000, 100)
+    recipe = RECIPES[cfg.recipe]
+    plan = training_plan(cfg, recipe, ds)
+    assert (plan.batch_size, plan.steps_per_epoch, plan.steps_per_execution) == (128, 8, 1)
+    assert plan.fit_args["x"].shape == (1000, 28, 28, 1) and plan.fit_args["batch_size"] == 128
+    model = build_model()
+    rate = learning_rate(cfg.learning_rate, recipe.schedule, 8, cfg.epochs, recipe.warmup_epochs)
+    compile_model(model, rate, label_smoothing=recipe.label_smoothing)
+    opt = model.optimizer
+    assert isinstance(opt, keras.optimizers.RMSprop)
+    assert float(opt.learning_rate) == pytest.approx(0.001)
+    assert (opt.rho, opt.epsilon) == (0.9, 1e-08)
+    assert model.loss.get_config()["label_smoothing"] == 0.0
+    assert model.count_params() == 693_962
+    assert [type(layer).__name__ for layer in model.layers] == [
+        "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dropout", "Dense",
+    ]  # fmt: skip
+    assert all(layer.dtype_policy.name == "float32" for layer in model.layers)
+
+
+def test_warmup_cosine_schedule_peaks_then_ends_at_zero():
+    from job.model import learning_rate
+
+    rate = learning_rate(0.003, "warmup_cosine", steps_per_epoch=10, epochs=5, warmup_epochs=1)
+    values = [float(rate(step)) for step in (0, 5, 10, 30, 50)]
+    assert values[0] == 0.0 and values[1] == pytest.approx(0.0015)
+    assert values[2] == pytest.approx(0.003) and 0 < values[3] < 0.003
+    assert values[4] == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("steps", "limit", "expected"),
+    [(117, 16, 13), (7, 16, 7), (17, 16, 1), (1, 16, 1), (468, 1, 1)],
+)
+def test_steps_per_execution_divides_the_epoch(steps, limit, expected):
+    assert steps_per_execution(steps, limit) == expected
+    assert steps % expected == 0
+
+
+FLAG_SETS = [set(), {"avx512f"}, {"amx_bf16", "amx_tile"}, {"avx512_bf16"}]
+
+
+@pytest.mark.parametrize(
+    ("requested", "flags"), list(itertools.product(precision.PRECISIONS, FLAG_SETS))
+)
+def test_never_float16_on_a_cpu(requested, flags):
+    if requested == "float16":
+        with pytest.raises(ConfigError, match="PRECISION"):
+            precision.choose(requested, [], flags)
+    else:
+        assert precision.choose(requested, [], flags) != "float16"
+
+
+def test_auto_precision_follows_the_hardware():
+    assert precision.choose("auto", [], {"avx512f"}) == "float32"
+    assert precision.choose("auto", [], {"amx_bf16"}) == "bfloat16"
+    assert precision.choose("auto", [(8, 0), (9, 0)], set()) == "bfloat16"
+    assert precision.choose("auto", [(7, 0)], set()) == "float16"
+    assert precision.choose("auto", [(6, 1)], set()) == "float32"
+    assert precision.choose("float16", [(7, 5)], set()) == "float16"
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16\n")
+    assert precision.cpu_flags(info) == {"fpu", "avx512f", "amx_bf16"}
+    assert precision.cpu_flags(tmp_path / "missing") == set()
+
+
+def test_identity_and_shift_transforms():
+    import tensorflow as tf
+
+    from job.pipeline import affine_matrix, random_transforms, transform
+
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.random((3, 28, 28, 1), dtype=np.float32))
+    zeros, ones = tf.zeros([3]), tf.ones([3])
+    same = transform(images, affine_matrix(zeros, ones, zeros, zeros))
+    np.testing.assert_allclose(same.numpy(), images.numpy(), atol=1e-5)
+    shifted = transform(images, affine_matrix(zeros, ones, ones * 2, zeros)).numpy()
+    np.testing.assert_allclose(shifted[:, :, 2:], images.numpy()[:, :, :-2], atol=1e-5)
+    assert np.all(shifted[:, :, :2] == 0), "zero fill where the image moved away"
+    turned = transform(images, random_transforms(tf.constant(3))).numpy()
+    assert turned.shape == images.shape and not np.allclose(turned, images.numpy())
+    assert turned.min() >= 0.0 and turned.max() <= 1.0 + 1e-6
+    quarter = transform(images, affine_matrix(ones * math.pi / 2, ones, zeros, zeros)).numpy()
+    np.testing.assert_allclose(
+        quarter[0, :, :, 0], np.rot90(images.numpy()[0, :, :, 0], k=-1), atol=1e-4
+    )
+
+
+def test_training_dataset_drops_the_remainder_and_one_hots(mnist_dir):
+    from job import data
+    from job.pipeline import training_dataset
+
+    ds = data.load("mnist", str(mnist_dir)).limited(1000, 10)
+    batches = list(training_dataset(ds.x_train, ds.y_train, 300, augment_images=True, seed=1))
+    assert len(batches) == 3
+    x, y = batches[0]
+    assert x.shape == (300, 28, 28, 1) and y.shape == (300, 10)
+    assert np.all(y.numpy().sum(axis=1) == 1)
+
+
+def test_target_accuracy_stops_training(tmp_path, mnist_dir):
+    env = job_env(
+        RUN_ID="target",
+        RECIPE="seed",
+        DATA_URI=str(mnist_dir),
+        OUTPUT_URI=str(tmp_path / "out"),
+        TRAIN_LIMIT="3000",
+        TEST_LIMIT="500",
+        EPOCHS="20",
+        TARGET_ACCURACY="0.9",
+    )
+    proc = run_job("train", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = json.loads((tmp_path / "out" / "target" / "metrics.json").read_text())
+    accuracies = [h["val_accuracy"] for h in m["history"]]
+    assert m["epochs_completed"] < 20
+    assert accuracies[-1] >= 0.9 and all(a < 0.9 for a in accuracies[:-1])
+    assert m["target_reached_epoch"] == m["epochs_completed"]
+    assert m["params"]["recipe"] == "seed" and m["params"]["precision"] == "float32"
