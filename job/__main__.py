@@ -36,8 +36,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_train(cfg: config_mod.Config) -> int:
     from job import train  # TensorFlow is imported only once the configuration is known good
+    from job.preemption import PreemptionGuard
 
-    result = train.run(cfg)
+    guard = PreemptionGuard()
+    guard.install()
+    result = train.run(cfg, guard=guard)
     location = f"{cfg.output_uri.rstrip('/')}/{cfg.run_id}"
     print(f"Baseline Error: {result['baseline_error_pct']:.2f}%")
     print(f"Test accuracy: {100 * result['test_accuracy']:.2f}%")
@@ -62,7 +65,7 @@ def dispatch(args: argparse.Namespace) -> int:
         print(f"MNIST {'fetched and verified' if fetched else 'already present'} in {args.dest}")
         return EXIT_OK
     cfg = config_mod.load()
-    logs.configure(cfg.log_format, cfg.log_level)
+    logs.configure(cfg.log_format, cfg.log_level, secrets=cfg.secrets())
     logs.bind_run(cfg.run_id)
     if command == "config":
         print(json.dumps(cfg.redacted(), indent=2))
@@ -73,21 +76,30 @@ def dispatch(args: argparse.Namespace) -> int:
     return cmd_train(cfg)
 
 
+def _secrets() -> list[str]:
+    """Secret values from the environment, to keep them out of error lines (best effort)."""
+    try:
+        return config_mod.load().secrets()
+    except JobError:
+        return []
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     debug = os.environ.get("LOG_LEVEL", "").strip().lower() == "debug"
     try:
         return dispatch(args)
-    except JobError as exc:
+    except (JobError, Exception) as exc:
         if debug:
             traceback.print_exc()
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except Exception as exc:
-        if debug:
-            traceback.print_exc()
-        print(f"error: unexpected {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_SOFTWARE
+        if isinstance(exc, JobError):
+            message, code = str(exc), exc.exit_code
+        else:
+            message, code = f"unexpected {type(exc).__name__}: {exc}", EXIT_SOFTWARE
+        # One line, whatever the exception's text held.
+        line = logs.scrub(" ".join(message.split()), _secrets())
+        print(f"error: {line}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

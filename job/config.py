@@ -13,7 +13,7 @@ import os
 import re
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -48,15 +48,28 @@ class Config:
     log_format: str = "auto"
     log_level: str = "info"
     work_dir: str | None = None
+    # Object storage (IBM COS or any S3-compatible store), used for s3:// URIs.
+    cos_endpoint: str | None = None
+    cos_access_key_id: str | None = field(default=None, repr=False, metadata={"secret": True})
+    cos_secret_access_key: str | None = field(default=None, repr=False, metadata={"secret": True})
+    cos_region: str = "us-south"
+    cos_max_attempts: int = 6  # all attempts of one request, the first included
 
     def redacted(self) -> dict[str, object]:
         """The configuration as plain data, safe to print, log or store."""
-        return {f.name: REDACTED if f.metadata.get("secret") else v for f, v in _items(self)}
+        values = asdict(self)
+        return {
+            f.name: REDACTED if f.metadata.get("secret") and values[f.name] else values[f.name]
+            for f in fields(self)
+        }
 
-
-def _items(cfg: Config):
-    values = asdict(cfg)
-    return [(f, values[f.name]) for f in fields(cfg)]
+    def secrets(self) -> list[str]:
+        """The secret values in force, so output can be checked or scrubbed for them."""
+        return [
+            getattr(self, f.name)
+            for f in fields(self)
+            if f.metadata.get("secret") and getattr(self, f.name)
+        ]
 
 
 # --- value parsers: each returns the parsed value or raises ConfigError naming the variable ---
@@ -109,6 +122,25 @@ def _text(name: str, raw: str) -> str:
     return raw
 
 
+def _secret(name: str, raw: str) -> str:
+    # Never echoed back in an error: only its shape is checked.
+    if any(c.isspace() for c in raw):
+        raise ConfigError(name, REDACTED, "a key without spaces")
+    return raw
+
+
+def _endpoint(name: str, raw: str) -> str:
+    if not re.match(r"^https?://[A-Za-z0-9.\-\[\]:]+(:\d+)?/?$", raw):
+        raise ConfigError(name, raw, "an http(s)://host[:port] URL")
+    return raw.rstrip("/")
+
+
+def _region(name: str, raw: str) -> str:
+    if not re.match(r"^[a-z0-9-]{2,40}$", raw):
+        raise ConfigError(name, raw, "a region name such as us-south")
+    return raw
+
+
 # Variable name -> (field, parser). Order is the order errors are found in.
 VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "RUN_ID": ("run_id", _run_id),
@@ -127,10 +159,24 @@ VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "LOG_FORMAT": ("log_format", _choice(LOG_FORMATS)),
     "LOG_LEVEL": ("log_level", _choice(LOG_LEVELS)),
     "WORK_DIR": ("work_dir", _text),
+    "COS_ENDPOINT": ("cos_endpoint", _endpoint),
+    "COS_ACCESS_KEY_ID": ("cos_access_key_id", _secret),
+    "COS_SECRET_ACCESS_KEY": ("cos_secret_access_key", _secret),
+    "COS_REGION": ("cos_region", _region),
+    "COS_MAX_ATTEMPTS": ("cos_max_attempts", _int(1, 20)),
 }
 
-# Platform variables (WML training containers) used only where the explicit one is unset.
-PLATFORM_FALLBACKS = {"OUTPUT_URI": "RESULT_DIR", "DATA_URI": "DATA_DIR", "RUN_ID": "TRAINING_ID"}
+# Variables used only where the explicit one is unset, in order: WML's platform variables and
+# the standard AWS ones.
+FALLBACKS = {
+    "OUTPUT_URI": ("RESULT_DIR",),
+    "DATA_URI": ("DATA_DIR",),
+    "RUN_ID": ("TRAINING_ID",),
+    "COS_ENDPOINT": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+    "COS_ACCESS_KEY_ID": ("AWS_ACCESS_KEY_ID",),
+    "COS_SECRET_ACCESS_KEY": ("AWS_SECRET_ACCESS_KEY",),
+    "COS_REGION": ("AWS_REGION", "AWS_DEFAULT_REGION"),
+}
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -143,22 +189,56 @@ def from_env(env: Mapping[str, str]) -> Config:
     """Build and validate the configuration from a mapping of variables (pure)."""
     # Empty values count as unset: templated manifests and .env files often leave them blank.
     given = {k: v.strip() for k, v in env.items() if v is not None and v.strip()}
-    for explicit, platform in PLATFORM_FALLBACKS.items():
-        if explicit not in given and platform in given:
-            value = given[platform]
+    for explicit, alternatives in FALLBACKS.items():
+        fallback = next((given[a] for a in alternatives if a in given), None)
+        if explicit not in given and fallback is not None:
             # WML training ids look like "training-AbC123": run ids are lower-case DNS labels.
-            given[explicit] = value.lower() if explicit == "RUN_ID" else value
+            given[explicit] = fallback.lower() if explicit == "RUN_ID" else fallback
     values: dict[str, object] = {}
-    for name, (field, parse) in VARIABLES.items():
+    for name, (attr, parse) in VARIABLES.items():
         if name in given:
-            values[field] = parse(name, given[name])
+            values[attr] = parse(name, given[name])
     values.setdefault("run_id", new_run_id())
     recipe = RECIPES[values.get("recipe", DEFAULT_RECIPE)]  # type: ignore[index]
     values.setdefault("epochs", recipe.epochs)
     values.setdefault("batch_size", recipe.batch_size)
     values.setdefault("learning_rate", recipe.learning_rate)
     values.setdefault("precision", recipe.precision)
-    return Config(**values)  # type: ignore[arg-type]
+    cfg = Config(**values)  # type: ignore[arg-type]
+    _check_storage(cfg)
+    return cfg
+
+
+def _check_storage(cfg: Config) -> None:
+    """s3:// URIs must be well formed and come with keys; checked before anything runs."""
+    uses_bucket = False
+    for variable, uri in (("OUTPUT_URI", cfg.output_uri), ("DATA_URI", cfg.data_uri)):
+        if uri and "://" in uri:
+            scheme = uri.split("://", 1)[0]
+            if scheme == "s3":
+                parse_s3_uri(variable, uri)
+                uses_bucket = True
+            elif scheme != "file":
+                raise ConfigError(variable, uri, "a local path, file:// or s3://BUCKET[/PREFIX]")
+    if uses_bucket:
+        for variable, value in (
+            ("COS_ACCESS_KEY_ID", cfg.cos_access_key_id),
+            ("COS_SECRET_ACCESS_KEY", cfg.cos_secret_access_key),
+        ):
+            if not value:
+                raise ConfigError(variable, "", "set (HMAC keys) when a URI is s3://")
+
+
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def parse_s3_uri(variable: str, uri: str) -> tuple[str, str]:
+    """s3://BUCKET[/PREFIX] -> (bucket, prefix without slashes at either end)."""
+    rest = uri.removeprefix("s3://")
+    bucket, _, prefix = rest.partition("/")
+    if not BUCKET_RE.match(bucket) or ".." in bucket or "//" in prefix:
+        raise ConfigError(variable, uri, "s3://BUCKET[/PREFIX] with a valid bucket name")
+    return bucket, prefix.strip("/")  # type: ignore[arg-type]
 
 
 def read_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -6,9 +6,11 @@ out of the logs (see `import_tensorflow_quietly`).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+from collections import deque
 
 import structlog
 
@@ -23,8 +25,41 @@ def use_json(log_format: str, stream=None) -> bool:
     return log_format == "json"
 
 
-def configure(log_format: str = "auto", level: str = "info") -> None:
-    """Set up structlog for this process; logs go to stderr so stdout stays for results."""
+# The last events, for the reason written into _FAILURE.
+_recent: deque[str] = deque(maxlen=20)
+REDACTED = "***"
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    """`text` with every secret value replaced by ***."""
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def _scrubber(secrets: list[str]):
+    def scrub_event(logger, method, event: dict) -> dict:
+        if not secrets:
+            return event
+        return {k: scrub(v, secrets) if isinstance(v, str) else v for k, v in event.items()}
+
+    return scrub_event
+
+
+def _remember(logger, method, event: dict) -> dict:
+    _recent.append(json.dumps(event, default=str)[:500])
+    return event
+
+
+def recent() -> list[str]:
+    return list(_recent)
+
+
+def configure(log_format: str = "auto", level: str = "info", secrets: list[str] = ()) -> None:
+    """Set up structlog for this process; logs go to stderr so stdout stays for results.
+
+    Secret values are scrubbed from every event as a last line of defence: nothing is meant to
+    log them in the first place."""
     renderer = (
         structlog.processors.JSONRenderer()
         if use_json(log_format)
@@ -36,6 +71,8 @@ def configure(log_format: str = "auto", level: str = "info") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            _scrubber(list(secrets)),
+            _remember,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),

@@ -48,13 +48,17 @@ class RunPublisher:
         raw = self.store.get_bytes(self.key(name))
         return None if raw is None else json.loads(raw)
 
+    def put_json(self, name: str, data: object) -> None:
+        self.store.put_bytes(self.key(name), to_json(data))
+
     def start(self, record: dict) -> None:
-        self.store.put_bytes(self.key(RUN_RECORD), to_json(record))
+        self.put_json(RUN_RECORD, record)
         self.status("starting")
 
     def status(self, state: str, **fields: object) -> None:
-        body = {"run_id": self.run_id, "state": state, "updated_at": now_iso(), **fields}
-        self.store.put_bytes(self.key(STATUS), to_json(body))
+        self.put_json(
+            STATUS, {"run_id": self.run_id, "state": state, "updated_at": now_iso(), **fields}
+        )
 
     def publish(self, folder: Path, **final_status: object) -> dict:
         """Upload every file under `folder`, then `_SUCCESS` listing them with their hashes."""
@@ -66,7 +70,7 @@ class RunPublisher:
         record = self.store.get_bytes(self.key(RUN_RECORD)) or b""
         files.append({"path": RUN_RECORD, "size": len(record), "sha256": sha256_bytes(record)})
         manifest = {"run_id": self.run_id, "completed_at": now_iso(), "files": files}
-        self.store.put_bytes(self.key(SUCCESS), to_json(manifest))
+        self.put_json(SUCCESS, manifest)
         # A marker from an earlier failed attempt of this run id must not linger beside success.
         self.store.delete(self.key(FAILURE))
         self.status("succeeded", **final_status)
@@ -74,6 +78,7 @@ class RunPublisher:
 
     def fail(self, reason: str, **fields: object) -> None:
         reason = reason[:MAX_REASON]
-        body = {"run_id": self.run_id, "failed_at": now_iso(), "reason": reason, **fields}
-        self.store.put_bytes(self.key(FAILURE), to_json(body))
+        self.put_json(
+            FAILURE, {"run_id": self.run_id, "failed_at": now_iso(), "reason": reason, **fields}
+        )
         self.status("failed", reason=reason)

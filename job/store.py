@@ -1,4 +1,4 @@
-"""Where a run's files go: one small interface over a local folder (and, later, a bucket).
+"""Where a run's files go: one small interface over a local folder or a bucket (job.bucket).
 
 Keys are '/'-separated paths relative to the store's root (OUTPUT_URI). Every write is atomic:
 a reader sees the old object or the new one, never half of one.
@@ -12,7 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
-from job.errors import ConfigError, TransientError
+from job.config import Config
+from job.errors import TransientError
 
 
 class Store(Protocol):
@@ -80,11 +81,10 @@ class LocalStore:
         return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
 
 
-def open_store(uri: str) -> Store:
-    """The store for OUTPUT_URI: a local path or file:// URI."""
-    if "://" in uri and not uri.startswith("file://"):
-        scheme = uri.split("://", 1)[0]
-        raise ConfigError(
-            "OUTPUT_URI", uri, f"a local folder or file:// URI ({scheme}:// is not supported)"
-        )
+def open_store(uri: str, cfg: Config | None = None, variable: str = "OUTPUT_URI") -> Store:
+    """The store for a URI already checked by job.config: s3://, file:// or a local path."""
+    if uri.startswith("s3://"):
+        from job.bucket import S3Store
+
+        return S3Store(cfg or Config(run_id="unused"), uri, variable)
     return LocalStore(Path(uri.removeprefix("file://")))

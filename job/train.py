@@ -14,6 +14,7 @@ import socket
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -21,9 +22,12 @@ import numpy as np
 
 from job import __version__, data, images, logs, metrics, precision
 from job.callbacks import EpochReporter, StopAtAccuracy
+from job.checkpoint import LATEST, Checkpointer
 from job.config import Config
+from job.errors import JobError
 from job.model import build_model, compile_model, layer_table, learning_rate
 from job.plan import TrainingPlan, prepare, training_plan
+from job.preemption import Preempted, PreemptionGuard
 from job.publish import RunPublisher, now_iso
 from job.recipes import RECIPES, Recipe
 from job.store import Store, open_store
@@ -55,33 +59,67 @@ def run(
     datasets: data.Dataset | None = None,
     strategy=None,
     store: Store | None = None,
+    guard: PreemptionGuard | None = None,
 ) -> dict:
-    """Train, evaluate and publish one run; returns the metrics (the content of metrics.json)."""
+    """Train, evaluate and publish one run; returns the metrics (the content of metrics.json).
+
+    A run id that already has `_SUCCESS` is left alone; one that has a checkpoint resumes.
+    """
     log = logs.get("job.train")
-    publisher = RunPublisher(store or open_store(config.output_uri), config.run_id)
+    publisher = RunPublisher(store or open_store(config.output_uri, config), config.run_id)
     if publisher.succeeded():
         log.info("run_already_succeeded", location=publisher.location)
         return publisher.read_json(METRICS) or {}
     publisher.start(run_record(config))
     log.info("run_started", location=publisher.location)
+    guard = guard or PreemptionGuard()
     try:
-        return _train_and_publish(config, datasets, strategy, publisher)
+        return _train_and_publish(config, datasets, strategy, publisher, guard)
+    except Preempted as exc:
+        log.warning("preempted", signal=exc.signame)
+        _record_end(publisher, "preempted", str(exc))
+        raise
     except BaseException as exc:
-        publisher.fail(f"{type(exc).__name__}: {exc}")
+        reason = logs.scrub(f"{type(exc).__name__}: {exc}", config.secrets())
+        _record_end(publisher, "failed", reason)
         raise
 
 
-def _train_and_publish(config: Config, datasets, strategy, publisher: RunPublisher) -> dict:
+def _record_end(publisher: RunPublisher, state: str, reason: str) -> None:
+    """Best effort: the store may be the very thing that failed."""
+    try:
+        checkpoint = publisher.read_json(LATEST) or {}
+        if state == "failed":
+            publisher.fail(reason, epoch=checkpoint.get("epoch", 0), last_log=logs.recent())
+        else:
+            publisher.status(state, reason=reason, epoch=checkpoint.get("epoch", 0))
+    except JobError as exc:
+        logs.get("job.train").error("cannot_record_end", state=state, error=str(exc))
+
+
+def load_data(config: Config) -> data.Dataset:
+    """The configured dataset; an s3:// DATA_URI is copied to local scratch first."""
+    if not (config.data_uri or "").startswith("s3://"):
+        return data.load(config.dataset, config.data_uri)
+    from job.bucket import download_data
+
+    with tempfile.TemporaryDirectory(prefix="mnist-data-", dir=config.work_dir) as tmp:
+        local = download_data(config, config.data_uri, Path(tmp))
+        return replace(data.load(config.dataset, str(local)), source=config.data_uri)
+
+
+def _train_and_publish(
+    config: Config, datasets, strategy, publisher: RunPublisher, guard: PreemptionGuard
+) -> dict:
     log = logs.get("job.train")
-    ds = (datasets or data.load(config.dataset, config.data_uri)).limited(
-        config.train_limit, config.test_limit
-    )
+    ds = (datasets or load_data(config)).limited(config.train_limit, config.test_limit)
     log.info("data_loaded", source=ds.source, n_train=len(ds.y_train), n_test=len(ds.y_test))
     recipe = RECIPES[config.recipe]
     chosen = precision.detect(config.precision)
     keras.utils.set_random_seed(config.seed)
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(precision.KERAS_POLICY[chosen])
+    work = Path(tempfile.mkdtemp(prefix=f"mnist-job-{config.run_id}-", dir=config.work_dir))
     try:
         plan = training_plan(config, recipe, ds)
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
@@ -108,37 +146,54 @@ def _train_and_publish(config: Config, datasets, strategy, publisher: RunPublish
             steps_per_epoch=plan.steps_per_epoch,
             steps_per_execution=plan.steps_per_execution,
         )
-        result, probs = _fit_and_evaluate(config, recipe, chosen, ds, plan, model, publisher)
+        reporter = EpochReporter(publisher, config.epochs, plan.samples_per_epoch)
+        checkpointer = Checkpointer(publisher, work / "checkpoint", reporter, guard)
+        initial_epoch = checkpointer.restore(model)
+        result, probs = _fit_and_evaluate(
+            config, recipe, chosen, ds, plan, model, [reporter, checkpointer], initial_epoch
+        )
+        result["resumed_from_epoch"] = initial_epoch or None
+        # Finishing the publication beats abandoning it: a stop request waits, then the run
+        # ends as a success.
+        with guard.critical(stop_after=False):
+            artifacts = work / "artifacts"
+            write_artifacts(artifacts, model, ds, probs, result)
+            manifest = publisher.publish(
+                artifacts,
+                epoch=result["epochs_completed"],
+                epochs=config.epochs,
+                metrics=_headline(result),
+            )
+            checkpointer.clear()
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
-
-    work = Path(tempfile.mkdtemp(prefix=f"mnist-job-{config.run_id}-", dir=config.work_dir))
-    try:
-        write_artifacts(work, model, ds, probs, result)
-        manifest = publisher.publish(
-            work, epoch=result["epochs_completed"], epochs=config.epochs, metrics=_headline(result)
-        )
-    finally:
         shutil.rmtree(work, ignore_errors=True)
     log.info("run_published", location=publisher.location, files=len(manifest["files"]))
     return result
 
 
 def _fit_and_evaluate(
-    config: Config, recipe: Recipe, chosen: str, ds, plan: TrainingPlan, model, publisher
+    config: Config,
+    recipe: Recipe,
+    chosen: str,
+    ds,
+    plan: TrainingPlan,
+    model,
+    callbacks: list,
+    initial_epoch: int,
 ) -> tuple[dict, np.ndarray]:
     """Fit, then evaluate in float32 on the test split; returns (metrics, probabilities)."""
     log = logs.get("job.train")
-    reporter = EpochReporter(publisher, config.epochs, plan.samples_per_epoch)
-    callbacks = [reporter]
+    reporter = callbacks[0]
     stopper = StopAtAccuracy(config.target_accuracy) if config.target_accuracy else None
     if stopper:
         callbacks.append(stopper)
-    publisher.status("running", epoch=0, epochs=config.epochs)
+    reporter.publisher.status("running", epoch=initial_epoch, epochs=config.epochs)
     started = time.perf_counter()
     model.fit(
         **plan.fit_args,
         epochs=config.epochs,
+        initial_epoch=initial_epoch,
         callbacks=callbacks,
         # A progress bar only on a terminal; otherwise the reporter's one event per epoch.
         verbose=1 if sys.stdout.isatty() else 0,
@@ -150,7 +205,7 @@ def _fit_and_evaluate(
     probs = np.asarray(model.predict(x_test, batch_size=2000, verbose=0), dtype=np.float32)
     eval_seconds = time.perf_counter() - started
     completed = len(reporter.history)
-    train_only = sum(h["train_seconds"] for h in reporter.history)
+    train_only = sum(h["train_seconds"] for h in reporter.history) or 1e-9
     result = {
         "schema_version": metrics.SCHEMA_VERSION,
         "run_id": config.run_id,

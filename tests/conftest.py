@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.s3"]  # the S3 server and bucket fixtures
+
 ROOT = Path(__file__).resolve().parent.parent
 MNIST_DIR = ROOT / "data" / "mnist"
 

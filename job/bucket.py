@@ -1,0 +1,182 @@
+"""IBM Cloud Object Storage (or any S3-compatible store) through boto3, the COS way.
+
+COS wants a custom endpoint, HMAC keys, path-style addressing and signature v4; since boto3
+1.36 the client must also compute and validate checksums only when required, or many
+S3-compatible stores reject uploads. Retries use botocore's standard mode with bounded attempts
+and timeouts. Every botocore error becomes a JobError whose message names the variable to fix
+and never contains a credential.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from job.config import Config, parse_s3_uri
+from job.errors import ConfigError, DataError, JobError, TransientError
+
+MULTIPART_THRESHOLD = 16 * 1024 * 1024
+CONNECT_TIMEOUT = 5
+READ_TIMEOUT = 60
+AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"}
+MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+
+
+def client(cfg: Config):
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=cfg.cos_endpoint,
+        aws_access_key_id=cfg.cos_access_key_id,
+        aws_secret_access_key=cfg.cos_secret_access_key,
+        region_name=cfg.cos_region,
+        config=BotoConfig(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            retries={"mode": "standard", "total_max_attempts": cfg.cos_max_attempts},
+            connect_timeout=CONNECT_TIMEOUT,
+            read_timeout=READ_TIMEOUT,
+        ),
+    )
+
+
+class S3Store:
+    """A bucket prefix seen as a Store (see job.store): same keys, same atomicity.
+
+    A single PUT is atomic in S3; multipart uploads become visible only when completed.
+    """
+
+    def __init__(self, cfg: Config, uri: str, variable: str = "OUTPUT_URI") -> None:
+        self.bucket, self.prefix = parse_s3_uri(variable, uri)
+        self.uri = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        self.variable = variable
+        self.endpoint = cfg.cos_endpoint or "the default S3 endpoint"
+        self.client = client(cfg)
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    @contextlib.contextmanager
+    def _errors(self, action: str, key: str):
+        """Translate botocore's exceptions into the job's errors (and exit codes)."""
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except S3UploadFailedError as exc:
+            # upload_file wraps the real error; classify that one.
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, ClientError):
+                raise self._client_error(cause, action, key) from None
+            raise self._unreachable(action, key, cause or exc) from None
+        except ClientError as exc:
+            raise self._client_error(exc, action, key) from None
+        except BotoCoreError as exc:
+            raise self._unreachable(action, key, exc) from None
+
+    def _unreachable(self, action: str, key: str, exc: BaseException) -> TransientError:
+        # Connection refused, DNS, timeouts, dropped connections: after all retries.
+        return TransientError(
+            f"cannot {action} s3://{self.bucket}/{self._key(key)} at COS_ENDPOINT="
+            f"{self.endpoint}: {type(exc).__name__}"
+        )
+
+    def _client_error(self, exc, action: str, key: str) -> JobError:
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        where = f"s3://{self.bucket}/{self._key(key)}"
+        if code == "NoSuchBucket":
+            return ConfigError(
+                self.variable, self.uri, f"an existing bucket (no bucket {self.bucket!r})"
+            )
+        if code in AUTH_CODES or status == 403:
+            return ConfigError(
+                "COS_ACCESS_KEY_ID", "***",
+                f"HMAC keys allowed to {action} {where} ({code or status})",
+            )  # fmt: skip
+        if status >= 500 or code in {"SlowDown", "RequestTimeout", "ServiceUnavailable"}:
+            return TransientError(f"cannot {action} {where}: {code or status} after retries")
+        return JobError(f"cannot {action} {where}: {code or status}")
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        with self._errors("write", key):
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def put_file(self, key: str, path: Path) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, use_threads=False)
+        with self._errors("upload", key):
+            self.client.upload_file(str(path), self.bucket, self._key(key), Config=config)
+
+    def get_bytes(self, key: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        with self._errors("read", key):
+            try:
+                return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in MISSING_CODES:
+                    return None
+                raise
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        with self._errors("check", key):
+            try:
+                self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+                return True
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in MISSING_CODES:
+                    return False
+                raise
+
+    def delete(self, key: str) -> None:
+        with self._errors("delete", key):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._key(prefix)
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        keys: list[str] = []
+        with self._errors("list", prefix):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=base
+            )
+            for page in pages:
+                keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
+        return sorted(keys)
+
+    def download(self, key: str, dest: Path) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, use_threads=False)
+        with self._errors("download", key):
+            self.client.download_file(self.bucket, self._key(key), str(dest), Config=config)
+
+
+DATA_SUFFIXES = ("-ubyte", "-ubyte.gz", ".npz")
+
+
+def download_data(cfg: Config, uri: str, dest: Path) -> Path:
+    """DATA_URI=s3://BUCKET/KEY (an .npz) or s3://BUCKET/PREFIX (IDX files) -> a local copy."""
+    bucket, key = parse_s3_uri("DATA_URI", uri)
+    store = S3Store(cfg, f"s3://{bucket}", "DATA_URI")
+    if key and store.exists(key):
+        target = dest / key.rsplit("/", 1)[-1]
+        store.download(key, target)
+        return target
+    names = [k for k in store.list(f"{key}/" if key else "") if k.endswith(DATA_SUFFIXES)]
+    if not names:
+        raise DataError(f"DATA_URI={uri!r}: no IDX or .npz objects there")
+    for name in names:
+        store.download(name, dest / name.rsplit("/", 1)[-1])
+    return dest

@@ -1,0 +1,70 @@
+"""A real S3 server on loopback (moto's), a bucket per test, and the job's COS variables."""
+
+from __future__ import annotations
+
+import uuid
+
+import boto3
+import pytest
+from botocore.config import Config as BotoConfig
+from moto.server import ThreadedMotoServer
+
+REGION = "us-south"
+# Distinctive, so a test can search every output for them (moto accepts any keys).
+ACCESS_KEY = "AKCANARYID0000ACCESS7F3E"
+SECRET_KEY = "CANARYSECRETz9Y8x7W6v5U4t3S2r1Q0pOnMlKjI"
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def s3_client(endpoint: str):
+    """boto3 set up exactly as the job sets it up for COS."""
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        region_name=REGION,
+        config=BotoConfig(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )
+
+
+@pytest.fixture
+def bucket(s3_endpoint):
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3_client(s3_endpoint).create_bucket(
+        Bucket=name, CreateBucketConfiguration={"LocationConstraint": REGION}
+    )
+    return name
+
+
+def cos_env(endpoint: str, **extra: str) -> dict[str, str]:
+    return {
+        "COS_ENDPOINT": endpoint,
+        "COS_ACCESS_KEY_ID": ACCESS_KEY,
+        "COS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "COS_REGION": REGION,
+        **extra,
+    }
+
+
+def all_objects(endpoint: str, bucket: str) -> dict[str, bytes]:
+    client = s3_client(endpoint)
+    keys = [
+        obj["Key"]
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for obj in page.get("Contents", [])
+    ]
+    return {k: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
