@@ -6,15 +6,25 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # pip warns once per package about this machine's optional local index folders: noise.
-QUIET_PIP := grep -v 'is ignored: it is neither a file nor a directory' || true
+QUIET_PIP := { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 
-.PHONY: help venv data train test lint format lock bench bench-short clean
+# Images: docker where an engine answers, podman otherwise. VARIANT=cpu|gpu.
+VARIANT ?= gpu
+IMAGE ?= mnist-job:$(VARIANT)
+ENGINE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo podman)
+REVISION := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+CPU_BASE := python:3.11-slim
+
+.PHONY: help venv data train test lint format lock bench bench-short image image-test clean
 
 help:
 	@echo "make train   - set up, fetch MNIST, train with defaults (results under ./runs)"
 	@echo "make test    - set up, fetch MNIST, run lint and the whole test suite"
 	@echo "make data    - fetch and verify real MNIST into ./data (idempotent)"
 	@echo "make bench   - notebook recipe vs default, side by side (bench-short: a quick check)"
+	@echo "make image   - build the image (VARIANT=gpu|cpu; docker, or podman without an engine)"
+	@echo "make image-test - build the CPU image with podman and run it as docker run would"
 	@echo "make lock    - re-resolve requirements*.lock from pyproject.toml"
 	@echo "make lint / format / clean"
 
@@ -47,6 +57,17 @@ test: data lint
 lock: $(STAMP)
 	$(VENV)/bin/pip-compile -q --no-header --strip-extras --no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
 	$(VENV)/bin/pip-compile -q --no-header --strip-extras --no-emit-index-url --no-emit-find-links --extra dev -o requirements-dev.lock pyproject.toml
+
+image: data
+	$(ENGINE) build -f docker/Dockerfile -t $(IMAGE) \
+	  --build-arg VARIANT=$(VARIANT) --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) \
+	  $(if $(filter cpu,$(VARIANT)),--build-arg BASE_IMAGE=$(CPU_BASE)) .
+
+# No registry is reachable here: a local base image, the real Dockerfile, podman.
+image-test: data $(STAMP)
+	CONTAINERS_CONF=$(CURDIR)/docker/containers.conf docker/podman-setup.sh
+	CONTAINERS_CONF=$(CURDIR)/docker/containers.conf IMAGE_TEST=1 \
+	  $(PY) -m pytest -p no:cacheprovider tests/image
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

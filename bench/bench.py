@@ -120,7 +120,10 @@ def main() -> None:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
 
     peak = {"float32": matmul_gflops("float32"), "bfloat16": matmul_gflops("bfloat16")}
-    print(f"matmul GFLOP/s: float32 {peak['float32']:.0f}, bfloat16 {peak['bfloat16']:.0f}")
+    print(
+        f"matmul GFLOP/s: float32 {peak['float32']:.0f}, bfloat16 {peak['bfloat16']:.0f}",
+        flush=True,
+    )
     rows: list[dict] = []
     for rep in range(reps):
         order = ("seed", "fast") if rep % 2 == 0 else ("fast", "seed")

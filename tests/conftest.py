@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 pytest_plugins = ["tests.s3"]  # the S3 server and bucket fixtures
+# The container tests need podman and a local base image: `make image-test` runs them.
+collect_ignore = [] if os.environ.get("IMAGE_TEST") else ["image"]
 
 ROOT = Path(__file__).resolve().parent.parent
 MNIST_DIR = ROOT / "data" / "mnist"

@@ -1,0 +1,104 @@
+"""`make image-test`: the real Dockerfile built with podman and run as `docker run` would.
+
+Run only through `make image-test` (IMAGE_TEST=1), which installs podman and creates the local
+stand-in base image first. No registry is reachable here, so the CPU variant is built on that
+stand-in; the GPU variant's base cannot be pulled and is not built here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from job.digest import sha256_file
+from tests.s3 import all_objects, cos_env
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = "localhost/mnist-job:image-test"
+HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
+SMALL = ["-e", "TRAIN_LIMIT=2000", "-e", "TEST_LIMIT=500", "-e", "EPOCHS=2", "-e", "BATCH_SIZE=128"]
+
+
+def podman(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["podman", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture(scope="session")
+def image() -> str:
+    # The build container reaches PyPI through this machine's TLS-intercepting proxy: lend it
+    # the host's CA bundle and pip settings for the build only; neither is baked in.
+    mounts = [f"{HOST_CA}:{HOST_CA}:ro"]
+    if Path("/etc/pip.conf").is_file():
+        mounts.append("/etc/pip.conf:/etc/pip.conf:ro")
+    proc = podman(
+        "build", "--pull=never", "--network", "host",
+        *[arg for m in mounts for arg in ("-v", m)],
+        "--build-arg", "VARIANT=cpu", "--build-arg", "BASE_IMAGE=python:3.11-slim",
+        "--build-arg", "REVISION=image-test",
+        "-f", str(ROOT / "docker" / "Dockerfile"), "-t", IMAGE, str(ROOT),
+        timeout=1800,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return IMAGE
+
+
+def test_image_metadata(image):
+    info = json.loads(podman("image", "inspect", image).stdout)[0]
+    config = info["Config"]
+    assert config["User"] == "10001:10001"
+    assert config["Entrypoint"] == ["python", "-m", "job"] and config["Cmd"] == ["train"]
+    labels = config["Labels"]
+    assert labels["org.opencontainers.image.version"] == "0.1.0"
+    assert labels["org.opencontainers.image.revision"] == "image-test"
+    env = dict(e.split("=", 1) for e in config["Env"])
+    assert env["PYTHONUNBUFFERED"] == "1" and env["HOME"].startswith("/tmp")
+
+
+def test_process_runs_as_non_root(image):
+    proc = podman("run", "--rm", "--read-only", "--entrypoint", "id", image)
+    assert proc.returncode == 0 and proc.stdout.startswith("uid=10001"), proc.stdout
+
+
+def test_trains_to_a_mounted_folder_read_only(image, tmp_path):
+    out = tmp_path / "runs"
+    out.mkdir()
+    out.chmod(0o777)
+    proc = podman(
+        "run", "--rm", "--read-only", "--tmpfs", "/tmp:rw,size=2g", "--network", "none",
+        "-v", f"{out}:/runs", "-e", "RUN_ID=in-container", *SMALL, image,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Baseline Error: " in proc.stdout and "Results: /runs/in-container" in proc.stdout
+    run = out / "in-container"
+    manifest = json.loads((run / "_SUCCESS").read_text())
+    for entry in manifest["files"]:
+        assert sha256_file(run / entry["path"]) == entry["sha256"], entry["path"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["data_source"] == "data/mnist", "the MNIST baked into the image"
+    assert metrics["test_accuracy"] > 0.8
+    # Written by the container's user, not by root.
+    assert {p.stat().st_uid for p in run.rglob("*") if p.is_file()} == {10001}
+
+
+def test_trains_to_s3_on_the_host(image, s3_endpoint, bucket, tmp_path):
+    # Credentials go in an env file, never on the command line.
+    env_file = tmp_path / "cos.env"
+    env_file.write_text(
+        "\n".join(f"{k}={v}" for k, v in cos_env(s3_endpoint).items())
+        + f"\nOUTPUT_URI=s3://{bucket}/runs\n"
+    )
+    os.chmod(env_file, 0o600)
+    proc = podman(
+        "run", "--rm", "--read-only", "--tmpfs", "/tmp:rw,size=2g", "--network", "host",
+        "--env-file", str(env_file), "-e", "RUN_ID=to-bucket", *SMALL, image,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    objects = all_objects(s3_endpoint, bucket)
+    manifest = json.loads(objects["runs/to-bucket/_SUCCESS"])
+    assert {e["path"] for e in manifest["files"]} >= {"metrics.json", "model/model.keras"}
