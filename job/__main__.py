@@ -35,13 +35,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_train(cfg: config_mod.Config) -> int:
-    from job import train  # TensorFlow is imported only once the configuration is known good
+    from job import distribute
     from job.preemption import PreemptionGuard
+
+    if cfg.tf_config:
+        os.environ["TF_CONFIG"] = cfg.tf_config  # read by MultiWorkerMirroredStrategy
+    strategy = distribute.strategy_for(cfg.distribution, cfg.cluster, cfg.collective_timeout)
+    from job import train  # after the strategy: it must precede every other TensorFlow op
 
     guard = PreemptionGuard()
     guard.install()
-    result = train.run(cfg, guard=guard)
+    result = train.run(cfg, strategy=strategy, guard=guard)
     location = f"{cfg.output_uri.rstrip('/')}/{cfg.run_id}"
+    if not cfg.is_chief:
+        print(f"Worker {cfg.cluster.worker_id} done; the chief publishes the results at {location}")
+        return EXIT_OK
     print(f"Baseline Error: {result['baseline_error_pct']:.2f}%")
     print(f"Test accuracy: {100 * result['test_accuracy']:.2f}%")
     print(f"Results: {location}")

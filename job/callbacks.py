@@ -28,10 +28,12 @@ class EpochReporter(keras.callbacks.Callback):
         self.log = logs.get("job.train")
         self._epoch_start = self._test_start = 0.0
         self._test_seconds = 0.0
+        self._steps_before = 0
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self._epoch_start = time.perf_counter()
         self._test_seconds = 0.0
+        self._steps_before = int(self.model.optimizer.iterations.numpy())
 
     def on_test_begin(self, logs=None) -> None:
         self._test_start = time.perf_counter()
@@ -46,6 +48,7 @@ class EpochReporter(keras.callbacks.Callback):
         entry = {
             "epoch": epoch + 1,
             **values,
+            "steps": int(self.model.optimizer.iterations.numpy()) - self._steps_before,
             "seconds": round(seconds, 3),
             "train_seconds": round(train_seconds, 3),
         }

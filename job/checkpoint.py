@@ -33,12 +33,16 @@ def weights_key(epoch: int) -> str:
 class Checkpointer(keras.callbacks.Callback):
     def __init__(
         self,
+        source: RunPublisher,
         publisher: RunPublisher,
         local_dir: Path,
         reporter: EpochReporter,
         guard: PreemptionGuard,
     ) -> None:
+        """Restores from `source` (the shared store), saves to `publisher` (the same store for
+        the chief, scratch space for other workers)."""
         super().__init__()
+        self.source = source
         self.publisher = publisher
         self.local = local_dir / WEIGHTS
         self.reporter = reporter
@@ -47,10 +51,10 @@ class Checkpointer(keras.callbacks.Callback):
 
     def restore(self, model) -> int:
         """Load the latest checkpoint into `model`; returns the number of epochs it holds."""
-        meta = self.publisher.read_json(LATEST)
+        meta = self.source.read_json(LATEST)
         if not meta:
             return 0
-        raw = self.publisher.store.get_bytes(self.publisher.key(weights_key(meta["epoch"])))
+        raw = self.source.store.get_bytes(self.source.key(weights_key(meta["epoch"])))
         if raw is None or sha256_bytes(raw) != meta["sha256"]:
             self.log.warning("checkpoint_unusable", epoch=meta["epoch"], action="start afresh")
             return 0

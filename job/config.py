@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
+from job import distribute
 from job.errors import ConfigError
 from job.precision import PRECISIONS
 from job.recipes import DEFAULT_RECIPE, RECIPES
@@ -54,6 +55,19 @@ class Config:
     cos_secret_access_key: str | None = field(default=None, repr=False, metadata={"secret": True})
     cos_region: str = "us-south"
     cos_max_attempts: int = 6  # all attempts of one request, the first included
+    # Scale-out (job.distribute): the cluster as canonical TF_CONFIG JSON, None for one process.
+    distribution: str = "auto"
+    tf_config: str | None = None
+    collective_timeout: int = 300
+
+    @property
+    def cluster(self) -> distribute.Cluster | None:
+        return distribute.parse_tf_config(self.tf_config) if self.tf_config else None
+
+    @property
+    def is_chief(self) -> bool:
+        cluster = self.cluster
+        return cluster is None or cluster.is_chief
 
     def redacted(self) -> dict[str, object]:
         """The configuration as plain data, safe to print, log or store."""
@@ -164,6 +178,14 @@ VARIABLES: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "COS_SECRET_ACCESS_KEY": ("cos_secret_access_key", _secret),
     "COS_REGION": ("cos_region", _region),
     "COS_MAX_ATTEMPTS": ("cos_max_attempts", _int(1, 20)),
+    "DISTRIBUTION": ("distribution", _choice(distribute.DISTRIBUTIONS)),
+    "COLLECTIVE_TIMEOUT": ("collective_timeout", _int(5, 86_400)),
+}
+# Checked here, used only to build TF_CONFIG for an Indexed Job (job.distribute).
+CLUSTER_INTS = {
+    "WORKERS": _int(1, 4096),
+    "WORKER_PORT": _int(1, 65_535),
+    "JOB_COMPLETION_INDEX": _int(0, 4095),
 }
 
 # Variables used only where the explicit one is unset, in order: WML's platform variables and
@@ -204,9 +226,24 @@ def from_env(env: Mapping[str, str]) -> Config:
     values.setdefault("batch_size", recipe.batch_size)
     values.setdefault("learning_rate", recipe.learning_rate)
     values.setdefault("precision", recipe.precision)
+    values["tf_config"] = _cluster_json(given, values.get("distribution", "auto"))  # type: ignore[arg-type]
     cfg = Config(**values)  # type: ignore[arg-type]
     _check_storage(cfg)
     return cfg
+
+
+def _cluster_json(given: dict[str, str], distribution: str) -> str | None:
+    for name, parse in CLUSTER_INTS.items():
+        if name in given:
+            parse(name, given[name])
+    cluster = distribute.cluster_from_env(given)
+    if distribution == "multi_worker" and cluster is None:
+        raise ConfigError("DISTRIBUTION", distribution, "a TF_CONFIG or WORKERS > 1 with it")
+    if distribution in ("none", "mirrored") and cluster and cluster.n_workers > 1:
+        raise ConfigError(
+            "DISTRIBUTION", distribution, "auto or multi_worker when TF_CONFIG has several workers"
+        )
+    return cluster.tf_config() if cluster else None
 
 
 def _check_storage(cfg: Config) -> None:

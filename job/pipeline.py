@@ -57,6 +57,14 @@ def transform(images: tf.Tensor, transforms: tf.Tensor) -> tf.Tensor:
     )
 
 
+def _sharded_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Under MultiWorkerMirroredStrategy every worker builds the same pipeline (same shuffle
+    seed) and keeps its share of each global batch; there are no files to shard by."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
 def _scale(images: tf.Tensor) -> tf.Tensor:
     return tf.cast(images, tf.float32)[..., None] / 255.0
 
@@ -73,7 +81,7 @@ def training_dataset(
             batch = transform(batch, random_transforms(tf.shape(batch)[0]))
         return batch, tf.one_hot(tf.gather(labels, idx), 10)
 
-    return (
+    return _sharded_by_data(
         tf.data.Dataset.range(n)
         .shuffle(n, seed=seed, reshuffle_each_iteration=True)
         .batch(batch_size, drop_remainder=True)
@@ -83,7 +91,7 @@ def training_dataset(
 
 
 def eval_dataset(x: np.ndarray, y: np.ndarray) -> tf.data.Dataset:
-    return (
+    return _sharded_by_data(
         tf.data.Dataset.from_tensor_slices((x, y))
         .batch(EVAL_BATCH)
         .map(lambda images, labels: (_scale(images), tf.one_hot(labels, 10)))

@@ -19,17 +19,22 @@ def prepare(x: np.ndarray, y: np.ndarray, n_classes: int = 10) -> tuple[np.ndarr
 
 @dataclass(frozen=True)
 class TrainingPlan:
+    """Batch size and learning rate are global: BATCH_SIZE and LEARNING_RATE are per replica and
+    scale linearly with the number of replicas (the usual rule, with the recipe's warm-up)."""
+
+    replicas: int
     batch_size: int
+    learning_rate: float
     steps_per_epoch: int
     steps_per_execution: int
     samples_per_epoch: int  # what one epoch trains on (the fast recipe drops the remainder)
     fit_args: dict
 
 
-def training_plan(config: Config, recipe: Recipe, ds: Dataset) -> TrainingPlan:
+def training_plan(config: Config, recipe: Recipe, ds: Dataset, replicas: int = 1) -> TrainingPlan:
     """What `fit` is given: numpy arrays as in the notebook, or the tf.data pipeline."""
     n = len(ds.y_train)
-    batch = min(config.batch_size, n)  # a smoke run smaller than one batch still trains
+    batch = min(config.batch_size * replicas, n)  # a smoke run smaller than a batch still trains
     if recipe.pipeline == "tfdata":
         from job import pipeline
 
@@ -52,5 +57,8 @@ def training_plan(config: Config, recipe: Recipe, ds: Dataset) -> TrainingPlan:
             "validation_data": prepare(ds.x_test, ds.y_test),
         }
         steps, samples = -(-n // batch), n
-    spe = steps_per_execution(steps, recipe.max_steps_per_execution)
-    return TrainingPlan(batch, steps, spe, samples, fit_args)
+    # More than one step per execution breaks Keras under a multi-worker strategy (job.compat).
+    limit = 1 if config.cluster is not None and replicas > 1 else recipe.max_steps_per_execution
+    spe = steps_per_execution(steps, limit)
+    rate = config.learning_rate * replicas
+    return TrainingPlan(replicas, batch, rate, steps, spe, samples, fit_args)

@@ -20,7 +20,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from job import __version__, data, images, logs, metrics, precision
+from job import __version__, compat, data, distribute, images, logs, metrics, precision
 from job.callbacks import EpochReporter, StopAtAccuracy
 from job.checkpoint import LATEST, Checkpointer
 from job.config import Config
@@ -30,7 +30,8 @@ from job.plan import TrainingPlan, prepare, training_plan
 from job.preemption import Preempted, PreemptionGuard
 from job.publish import RunPublisher, now_iso
 from job.recipes import RECIPES, Recipe
-from job.store import Store, open_store
+from job.store import LocalStore, Store, open_store
+from job.watchdog import Watchdog
 
 METRICS = "metrics.json"
 
@@ -66,15 +67,26 @@ def run(
     A run id that already has `_SUCCESS` is left alone; one that has a checkpoint resumes.
     """
     log = logs.get("job.train")
-    publisher = RunPublisher(store or open_store(config.output_uri, config), config.run_id)
-    if publisher.succeeded():
-        log.info("run_already_succeeded", location=publisher.location)
-        return publisher.read_json(METRICS) or {}
+    shared = RunPublisher(store or open_store(config.output_uri, config), config.run_id)
+    if shared.succeeded():
+        log.info("run_already_succeeded", location=shared.location)
+        return shared.read_json(METRICS) or {}
+    with contextlib.ExitStack() as stack:
+        publisher = shared
+        if not config.is_chief:
+            # Only the chief publishes; the other workers go through the same steps (their
+            # collectives need them) and write into scratch space that disappears.
+            scratch = stack.enter_context(tempfile.TemporaryDirectory(dir=config.work_dir))
+            publisher = RunPublisher(LocalStore(Path(scratch)), config.run_id)
+        return _run(config, datasets, strategy, shared, publisher, guard or PreemptionGuard())
+
+
+def _run(config, datasets, strategy, shared, publisher, guard) -> dict:
+    log = logs.get("job.train")
     publisher.start(run_record(config))
-    log.info("run_started", location=publisher.location)
-    guard = guard or PreemptionGuard()
+    log.info("run_started", location=publisher.location, chief=config.is_chief)
     try:
-        return _train_and_publish(config, datasets, strategy, publisher, guard)
+        return _train_and_publish(config, datasets, strategy, shared, publisher, guard)
     except Preempted as exc:
         log.warning("preempted", signal=exc.signame)
         _record_end(publisher, "preempted", str(exc))
@@ -109,7 +121,12 @@ def load_data(config: Config) -> data.Dataset:
 
 
 def _train_and_publish(
-    config: Config, datasets, strategy, publisher: RunPublisher, guard: PreemptionGuard
+    config: Config,
+    datasets,
+    strategy,
+    shared: RunPublisher,
+    publisher: RunPublisher,
+    guard: PreemptionGuard,
 ) -> dict:
     log = logs.get("job.train")
     ds = (datasets or load_data(config)).limited(config.train_limit, config.test_limit)
@@ -121,13 +138,14 @@ def _train_and_publish(
     keras.mixed_precision.set_global_policy(precision.KERAS_POLICY[chosen])
     work = Path(tempfile.mkdtemp(prefix=f"mnist-job-{config.run_id}-", dir=config.work_dir))
     try:
-        plan = training_plan(config, recipe, ds)
-        with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+        plan = training_plan(config, recipe, ds, replicas)
+        with _scope(strategy):
             model = build_model()
             compile_model(
                 model,
                 learning_rate(
-                    config.learning_rate,
+                    plan.learning_rate,
                     recipe.schedule,
                     plan.steps_per_epoch,
                     config.epochs,
@@ -145,13 +163,23 @@ def _train_and_publish(
             batch_size=plan.batch_size,
             steps_per_epoch=plan.steps_per_epoch,
             steps_per_execution=plan.steps_per_execution,
+            replicas=replicas,
+            strategy=type(strategy).__name__ if strategy is not None else "default",
+            worker=config.cluster.worker_id if config.cluster else None,
         )
         reporter = EpochReporter(publisher, config.epochs, plan.samples_per_epoch)
-        checkpointer = Checkpointer(publisher, work / "checkpoint", reporter, guard)
-        initial_epoch = checkpointer.restore(model)
-        result, probs = _fit_and_evaluate(
-            config, recipe, chosen, ds, plan, model, [reporter, checkpointer], initial_epoch
-        )
+        if config.cluster is not None and replicas > 1:
+            compat.patch_for_multi_worker(model)
+        checkpointer = Checkpointer(shared, publisher, work / "checkpoint", reporter, guard)
+        with _scope(strategy):  # restored variables must be created as the strategy's
+            initial_epoch = checkpointer.restore(model)
+        callbacks = [reporter, checkpointer]
+        if config.cluster is not None:
+            callbacks.append(Watchdog(config.collective_timeout))
+        with distribute.peer_errors(config.cluster):
+            result, probs = _fit_and_evaluate(
+                config, recipe, chosen, ds, plan, model, callbacks, initial_epoch
+            )
         result["resumed_from_epoch"] = initial_epoch or None
         # Finishing the publication beats abandoning it: a stop request waits, then the run
         # ends as a success.
@@ -170,6 +198,10 @@ def _train_and_publish(
         shutil.rmtree(work, ignore_errors=True)
     log.info("run_published", location=publisher.location, files=len(manifest["files"]))
     return result
+
+
+def _scope(strategy):
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
 
 def _fit_and_evaluate(
@@ -230,7 +262,8 @@ def _fit_and_evaluate(
             "recipe": recipe.name,
             "precision": chosen,
             "batch_size": plan.batch_size,
-            "learning_rate": config.learning_rate,
+            "learning_rate": plan.learning_rate,
+            "replicas": plan.replicas,
             "schedule": recipe.schedule,
             "augment": recipe.augment,
             "label_smoothing": recipe.label_smoothing,

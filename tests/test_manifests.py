@@ -18,7 +18,8 @@ from job.errors import EXIT_CONFIG, EXIT_DATA
 from tests.conftest import ROOT, job_env, run_job
 from tests.s3 import ACCESS_KEY, REGION, SECRET_KEY, all_objects, s3_client
 
-OVERLAYS = ["cpu", "gpu"]
+OVERLAYS = ["cpu", "gpu", "multiworker"]
+GPU_OVERLAYS = {"gpu", "multiworker"}
 K8S_VERSION = "1.32"
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
 
@@ -43,7 +44,7 @@ def job_specs(docs: list[dict]) -> list[dict]:
     """The Job spec of the Job and of the CronJob's template."""
     specs = [d["spec"] for d in docs if d["kind"] == "Job"]
     specs += [d["spec"]["jobTemplate"]["spec"] for d in docs if d["kind"] == "CronJob"]
-    assert len(specs) == 2
+    assert specs
     return specs
 
 
@@ -108,7 +109,7 @@ def test_pod_security_and_resources(overlay):
         gpu = res["limits"].get("nvidia.com/gpu")
         assert "nvidia.com/gpu" not in res["requests"], "GPU in limits only"
         tolerations = pod.get("tolerations", [])
-        if overlay == "gpu":
+        if overlay in GPU_OVERLAYS:
             assert gpu == "1"
             assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in (
                 tolerations
@@ -130,7 +131,7 @@ def test_images_are_pinned_and_match_the_overlay(overlay):
         image = spec["template"]["spec"]["containers"][0]["image"]
         name, _, tag = image.rpartition(":")
         assert name and tag and tag != "latest" and "/" in name
-        assert tag.endswith(f"-{overlay}")
+        assert tag.endswith("-gpu" if overlay in GPU_OVERLAYS else "-cpu")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -151,6 +152,41 @@ def test_credentials_only_from_the_secret(overlay):
         assert run_id == "metadata.labels['batch.kubernetes.io/job-name']"
 
 
+def test_multiworker_is_an_indexed_job_behind_a_headless_service(tmp_path):
+    docs = render("multiworker")
+    assert not [d for d in docs if d["kind"] == "CronJob"]
+    (job,) = [d for d in docs if d["kind"] == "Job"]
+    (service,) = [d for d in docs if d["kind"] == "Service"]
+    spec = job["spec"]
+    pod = spec["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] == int(env["WORKERS"]["value"]) > 1
+    assert spec["podReplacementPolicy"] == "Failed"
+    assert spec["successPolicy"] == {"rules": [{"succeededIndexes": "0"}]}
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"]
+    assert pod["subdomain"] == service["metadata"]["name"] == env["WORKER_SERVICE"]["value"]
+    labels = spec["template"]["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in service["spec"]["selector"].items())
+    port = int(env["WORKER_PORT"]["value"])
+    assert service["spec"]["ports"][0]["port"] == port
+    assert pod["containers"][0]["ports"][0]["containerPort"] == port
+
+    # Each index's environment, as Kubernetes sets it, gives the job the same cluster.
+    job_name = job["metadata"]["name"]
+    expected = [f"{job_name}-{i}.mnist-workers:{port}" for i in range(spec["completions"])]
+    for index in range(spec["completions"]):
+        pod_env = container_env(docs, SECRETS, job_name)
+        pod_env["JOB_COMPLETION_INDEX"] = str(index)
+        proc = run_job("config", env=job_env(**pod_env), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        tf_config = json.loads(json.loads(proc.stdout)["tf_config"])
+        assert tf_config == {
+            "cluster": {"worker": expected},
+            "task": {"type": "worker", "index": index},
+        }
+
+
 def test_cronjob_settings():
     (cron,) = [d for d in render("gpu") if d["kind"] == "CronJob"]
     spec = cron["spec"]
@@ -164,6 +200,9 @@ def test_secret_example_holds_placeholders_only():
     secret = yaml.safe_load((ROOT / "k8s" / "secret.example.yaml").read_text())
     assert set(secret["stringData"]) == {"access_key_id", "secret_access_key"}
     assert all(v.startswith("REPLACE_WITH_") for v in secret["stringData"].values())
+
+
+SECRETS = {"mnist-job-cos/access_key_id": ACCESS_KEY, "mnist-job-cos/secret_access_key": SECRET_KEY}
 
 
 def container_env(docs: list[dict], secrets: dict[str, str], job_name: str) -> dict[str, str]:
