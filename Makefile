@@ -5,6 +5,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The WML submitter's environment: its client needs numpy 1.x, TensorFlow numpy 2 (job/wml.py).
+# Run it from the repository root: `.venv-wml/bin/python -m job submit --backend wml`.
+WML_VENV := .venv-wml
+WML_STAMP := $(WML_VENV)/.installed
 # pip warns once per package about this machine's optional local index folders: noise.
 QUIET_PIP := { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 
@@ -16,7 +20,7 @@ REVISION := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 CPU_BASE := python:3.11-slim
 
-.PHONY: help venv data train test lint format lock bench bench-short image image-test clean
+.PHONY: help venv venv-wml data train test lint format lock bench bench-short image image-test clean
 
 help:
 	@echo "make train   - set up, fetch MNIST, train with defaults (results under ./runs)"
@@ -37,6 +41,14 @@ $(STAMP): requirements-dev.lock pyproject.toml
 
 venv: $(STAMP)
 
+$(WML_STAMP): requirements-wml.lock pyproject.toml
+	$(PYTHON) -m venv $(WML_VENV)
+	$(WML_VENV)/bin/python -m pip install --quiet --upgrade "pip>=24" 2>&1 | $(QUIET_PIP)
+	$(WML_VENV)/bin/python -m pip install --quiet -r requirements-wml.lock 2>&1 | $(QUIET_PIP)
+	touch $(WML_STAMP)
+
+venv-wml: $(WML_STAMP)
+
 data: $(STAMP)
 	$(PY) -m job data
 
@@ -51,12 +63,13 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-test: data lint
+test: data lint $(WML_STAMP)
 	$(PY) -m pytest
 
 lock: $(STAMP)
 	$(VENV)/bin/pip-compile -q --no-header --strip-extras --no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
 	$(VENV)/bin/pip-compile -q --no-header --strip-extras --no-emit-index-url --no-emit-find-links --extra dev -o requirements-dev.lock pyproject.toml
+	$(VENV)/bin/pip-compile -q --no-header --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-wml.lock requirements-wml.in
 
 image: data
 	$(ENGINE) build -f docker/Dockerfile -t $(IMAGE) \
@@ -70,7 +83,7 @@ image-test: data $(STAMP)
 	  $(PY) -m pytest -p no:cacheprovider tests/image
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(WML_VENV) .pytest_cache .ruff_cache *.egg-info
 
 bench: data
 	$(PY) bench/bench.py

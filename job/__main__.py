@@ -32,13 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--dest", type=Path, default=Path("data") / "mnist")
     sub_ = sub.add_parser(
         "submit",
-        help="start a run on a backend (local, docker, k8s) and optionally follow it",
+        help="start a run on a backend (local, docker, k8s, wml) and optionally follow it",
         description="Start a training run with the job's environment contract (the same "
         "variables as `train`, read from the environment and .env) on a backend, record "
         "how it was started in <OUTPUT_URI>/<RUN_ID>/submission.json, print the run id and "
         "where results will appear. With --wait, follow it like `watch`.",
     )
-    sub_.add_argument("--backend", choices=("local", "docker", "k8s"), required=True)
+    sub_.add_argument("--backend", choices=("local", "docker", "k8s", "wml"), required=True)
     sub_.add_argument("--run-id", help="default: RUN_ID, else a new one")
     sub_.add_argument("--image", help=f"docker/k8s image (docker default {DEFAULT_IMAGE})")
     sub_.add_argument("--gpus", action="store_true", help="docker: --gpus all")
@@ -78,16 +78,29 @@ def _watch_options(parser: argparse.ArgumentParser) -> None:
 def cmd_watch(cfg: config_mod.Config, args: argparse.Namespace, run_id: str) -> int:
     from job.runs import RunReader
     from job.store import open_store
+    from job.submit import submission
     from job.watch import watch
 
-    reader = RunReader(open_store(cfg.output_uri, cfg), run_id)
-    dest = args.dest or Path("watched") / run_id
+    store = open_store(cfg.output_uri, cfg)
+    submitted = submission(store, run_id) or {}
+    platform_state = None
+    if submitted.get("results_uri"):  # WML: the job's run folder is inside WML's results
+        store = open_store(submitted["results_uri"], cfg)
+    if submitted.get("backend") == "wml":
+        from job import wml
+
+        env = config_mod.read_environment()
+
+        def platform_state():
+            return wml.status(env, submitted["handle"])
+
     return watch(
-        reader,
+        RunReader(store, run_id),
         interval=args.interval,
         stall_after=args.stall_after,
         timeout=args.timeout,
-        download_to=dest,
+        download_to=args.dest or Path("watched") / run_id,
+        platform_state=platform_state,
     )
 
 
@@ -103,8 +116,10 @@ def cmd_submit(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         where = submit.submit_local(cfg, env, store)
     elif args.backend == "docker":
         where = submit.submit_docker(cfg, env, store, args.image or DEFAULT_IMAGE, args.gpus)
-    else:
+    elif args.backend == "k8s":
         where = submit.submit_k8s(cfg, env, store, args.overlay, args.image)
+    else:
+        where = submit.submit_wml(cfg, env, store)
     print(f"Run id: {cfg.run_id}")
     print(f"Started: {where}")
     print(f"Results: {cfg.output_uri.rstrip('/')}/{cfg.run_id}")
@@ -180,7 +195,9 @@ def dispatch(args: argparse.Namespace) -> int:
         from job.store import open_store
         from job.submit import cancel
 
-        stopped = cancel(open_store(cfg.output_uri, cfg), args.run_id)
+        stopped = cancel(
+            open_store(cfg.output_uri, cfg), args.run_id, config_mod.read_environment()
+        )
         print(f"Cancelled {args.run_id}: stopped {stopped}")
         return EXIT_OK
     logs.import_tensorflow_quietly(cfg.log_level)

@@ -23,7 +23,7 @@ from job.publish import now_iso, to_json
 from job.runs import CANCELLED, SUBMISSION
 from job.store import Store
 
-BACKENDS = ("local", "docker", "k8s")
+BACKENDS = ("local", "docker", "k8s", "wml")
 K8S_DIR = Path(__file__).resolve().parent.parent / "k8s"
 K8S_IMAGE = "icr.io/mnist/mnist-job"  # the name the overlays give the image
 # Never copied into a manifest: Kubernetes takes them from the Secret mnist-job-cos.
@@ -79,7 +79,7 @@ def submit_local(cfg, env: dict[str, str], store: Store) -> str:
     return f"local process {child.pid}, log {log}"
 
 
-def cancel_local(handle: str) -> None:
+def cancel_local(handle: str, env: dict[str, str]) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(int(handle), signal.SIGTERM)  # the job checkpoints and exits 143
 
@@ -114,7 +114,7 @@ def submit_docker(cfg, env: dict[str, str], store: Store, image: str, gpus: bool
     return f"container {name} ({image})"
 
 
-def cancel_docker(handle: str) -> None:
+def cancel_docker(handle: str, env: dict[str, str]) -> None:
     _run(["docker", "stop", "--time", "60", handle])
 
 
@@ -167,18 +167,41 @@ def submit_k8s(cfg, env: dict[str, str], store: Store, overlay: str, image: str 
     return f"Kubernetes Job {cfg.run_id} (overlay {overlay})"
 
 
-def cancel_k8s(handle: str) -> None:
+def cancel_k8s(handle: str, env: dict[str, str]) -> None:
     _run(["kubectl", "delete", "job", handle, "--wait=false"])
 
 
-CANCEL = {"local": cancel_local, "docker": cancel_docker, "k8s": cancel_k8s}
+# --- wml: Watson Machine Learning runs the job package (job.wml, its own environment) ---
 
 
-def cancel(store: Store, run_id: str) -> str:
+def submit_wml(cfg, env: dict[str, str], store: Store) -> str:
+    from job import wml
+
+    with tempfile.TemporaryDirectory() as tmp:
+        started = wml.submit(cfg, env, Path(tmp))
+    handle = started.pop("handle")
+    record(store, cfg.run_id, "wml", handle, **started)
+    return f"WML training {handle}; the job writes under {started['results_uri']}"
+
+
+def cancel_wml(handle: str, env: dict[str, str]) -> None:
+    from job import wml
+
+    wml.cancel(handle, env)
+
+
+CANCEL = {"local": cancel_local, "docker": cancel_docker, "k8s": cancel_k8s, "wml": cancel_wml}
+
+
+def submission(store: Store, run_id: str) -> dict | None:
     raw = store.get_bytes(f"{run_id}/{SUBMISSION}")
-    if raw is None:
+    return None if raw is None else json.loads(raw)
+
+
+def cancel(store: Store, run_id: str, env: dict[str, str]) -> str:
+    submitted = submission(store, run_id)
+    if submitted is None:
         raise ConfigError("RUN_ID", run_id, "a run started by `python -m job submit`")
-    submission = json.loads(raw)
-    CANCEL[submission["backend"]](submission["handle"])
+    CANCEL[submitted["backend"]](submitted["handle"], env)
     store.put_bytes(f"{run_id}/{CANCELLED}", to_json({"run_id": run_id, "cancelled_at": now_iso()}))
-    return f"{submission['backend']} {submission['handle']}"
+    return f"{submitted['backend']} {submitted['handle']}"

@@ -71,10 +71,14 @@ def watch(
     download_to: Path,
     out: Callable[[str], None] = print,
     tty: bool | None = None,
+    platform_state: Callable[[], tuple[str, str | None]] | None = None,
 ) -> int:
+    """Follow the run until it ends; `platform_state` (WML) reports the platform's own view,
+    so a run that fails before the job starts (or is cancelled there) is reported too."""
     tty = sys.stdout.isatty() if tty is None else tty
     started = time.monotonic()
     seen: set = set()
+    last_platform = None
     while True:
         outcome = reader.outcome()
         if reader.poll_status() and reader.status:
@@ -94,6 +98,19 @@ def watch(
         if outcome == "cancelled":
             out(f"Run {reader.run_id} was cancelled")
             return WATCH_EXIT["cancelled"]
+        if platform_state is not None:
+            state, message = platform_state()
+            if state != last_platform:
+                out(json.dumps({"event": "platform", "run_id": reader.run_id, "state": state}))
+                last_platform = state
+            if state in ("queued", "pending"):
+                started = time.monotonic()  # waiting for capacity is not a stall
+            if state in ("failed", "error"):
+                out(f"Run {reader.run_id} failed on the platform: {message or 'no message'}")
+                return WATCH_EXIT["failed"]
+            if state == "canceled":
+                out(f"Run {reader.run_id} was cancelled on the platform")
+                return WATCH_EXIT["cancelled"]
         age = reader.heartbeat_age()
         waited = time.monotonic() - started
         if (age if age is not None else waited) > stall_after:

@@ -1,0 +1,146 @@
+"""The WML backend: the job package as a model definition, run by Watson Machine Learning.
+
+WML does not run our image: it runs a zip of code with a command on IBM's TensorFlow runtime.
+So the zip holds the `job` package, and the command installs the job's small pure-Python
+dependencies and runs `python3 -m job train` with the run id and the hyperparameters. WML
+mounts the results reference as RESULT_DIR (the run's files land in the results bucket under
+`<path>/<training id>/`) and the data reference as DATA_DIR; the job uses both by itself. The
+submission record tells `watch` where that is.
+
+Runs only in the submitter's own environment (`make venv-wml`): ibm-watson-machine-learning
+pins pandas 2.1, which needs numpy 1.x, while TensorFlow 2.21 brings numpy 2.
+"""
+
+from __future__ import annotations
+
+import io
+import shlex
+import zipfile
+from pathlib import Path
+
+from job import __version__
+from job.config import Config, parse_s3_uri
+from job.errors import ConfigError, JobError
+
+PACKAGE = Path(__file__).resolve().parent
+# What the job needs beyond the WML TensorFlow runtime (which has tensorflow, numpy, pillow,
+# matplotlib): pure-Python wheels.
+EXTRA_PACKAGES = ("structlog", "python-dotenv", "boto3")
+HYPERPARAMETERS = (
+    "RECIPE", "EPOCHS", "BATCH_SIZE", "LEARNING_RATE", "PRECISION", "TARGET_ACCURACY", "SEED",
+    "TRAIN_LIMIT", "TEST_LIMIT", "DATASET",
+)  # fmt: skip
+DONE_STATES = {"completed", "failed", "canceled"}
+
+
+def package_zip() -> bytes:
+    """The model definition: the `job` package, importable from the zip's root."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(PACKAGE.rglob("*.py")):
+            zf.write(path, Path("job") / path.relative_to(PACKAGE))
+    return buffer.getvalue()
+
+
+def command(run_id: str, env: dict[str, str]) -> str:
+    settings = {"RUN_ID": run_id, "LOG_FORMAT": "json"}
+    settings |= {k: env[k] for k in HYPERPARAMETERS if env.get(k)}
+    assigned = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(settings.items()))
+    install = "python3 -m pip install --quiet --user " + " ".join(EXTRA_PACKAGES)
+    return f"{install} && {assigned} python3 -m job train"
+
+
+def client(env: dict[str, str]):
+    from ibm_watson_machine_learning import APIClient
+
+    url = env.get("WML_URL", "").rstrip("/")
+    if not url.startswith("https://"):
+        raise ConfigError("WML_URL", url, "the https:// URL of the WML service")
+    credentials = {"url": url}
+    if env.get("WML_APIKEY"):
+        credentials["apikey"] = env["WML_APIKEY"]
+    elif env.get("WML_TOKEN"):
+        credentials["token"] = env["WML_TOKEN"]
+    else:
+        raise ConfigError("WML_APIKEY", "", "an IBM Cloud API key (or WML_TOKEN, a bearer token)")
+    space = env.get("WML_SPACE_ID", "")
+    if not space:
+        raise ConfigError("WML_SPACE_ID", "", "the id of the deployment space to train in")
+    api = APIClient(credentials)
+    api.set.default_space(space)
+    return api
+
+
+def cos_reference(cfg: Config, variable: str, uri: str) -> dict:
+    bucket, path = parse_s3_uri(variable, uri)
+    return {
+        "type": "s3",
+        "connection": {
+            "endpoint_url": cfg.cos_endpoint,
+            "access_key_id": cfg.cos_access_key_id,
+            "secret_access_key": cfg.cos_secret_access_key,
+        },
+        "location": {"bucket": bucket, "path": path or "."},
+    }
+
+
+def submit(cfg: Config, env: dict[str, str], zip_dir: Path) -> dict:
+    """Store the model definition and start the training; returns what to record."""
+    for variable, uri in (("OUTPUT_URI", cfg.output_uri), ("DATA_URI", cfg.data_uri or "")):
+        if not uri.startswith("s3://"):
+            raise ConfigError(variable, uri, "an s3:// URI: WML reads and writes buckets")
+    api = client(env)
+    archive = zip_dir / f"mnist-job-{__version__}.zip"
+    archive.write_bytes(package_zip())
+    names = api.model_definitions.ConfigurationMetaNames
+    run_command = command(cfg.run_id, env)
+    definition = api.model_definitions.store(
+        str(archive),
+        {
+            names.NAME: f"mnist-job-{cfg.run_id}",
+            names.DESCRIPTION: "MNIST CNN training job (python -m job train)",
+            names.VERSION: __version__,
+            names.PLATFORM: {"name": "python", "versions": ["3.11"]},
+            names.COMMAND: run_command,
+        },
+    )
+    definition_id = api.model_definitions.get_id(definition)
+    meta = api.training.ConfigurationMetaNames
+    training = api.training.run(
+        {
+            meta.NAME: f"mnist-job-{cfg.run_id}",
+            meta.DESCRIPTION: f"mnist-job run {cfg.run_id}",
+            meta.TRAINING_DATA_REFERENCES: [cos_reference(cfg, "DATA_URI", cfg.data_uri)],
+            meta.TRAINING_RESULTS_REFERENCE: cos_reference(cfg, "OUTPUT_URI", cfg.output_uri),
+            meta.MODEL_DEFINITION: {
+                "id": definition_id,
+                "command": run_command,
+                "hardware_spec": {
+                    "name": env.get("WML_HARDWARE_SPEC", "K80"),
+                    "nodes": int(env.get("WML_NODES", "1")),
+                },
+                "software_spec": {"name": env.get("WML_SOFTWARE_SPEC", "tensorflow_rt24.1-py3.11")},
+                "parameters": {k: env[k] for k in HYPERPARAMETERS if env.get(k)},
+            },
+        },
+        asynchronous=True,
+    )
+    training_id = api.training.get_id(training)
+    # WML writes the results reference's files under <path>/<training id>/, mounted as
+    # RESULT_DIR; the job puts its run folder <run id>/ inside.
+    results = f"{cfg.output_uri.rstrip('/')}/{training_id}"
+    return {"handle": training_id, "results_uri": results, "model_definition": definition_id}
+
+
+def status(env: dict[str, str], training_id: str) -> tuple[str, str | None]:
+    """WML's state of the training, and its failure message if it failed."""
+    details = client(env).training.get_details(training_id)
+    state = details["entity"]["status"]["state"]
+    errors = details["entity"]["status"].get("failure", {}).get("errors", [])
+    return state, "; ".join(e.get("message", "") for e in errors) or None
+
+
+def cancel(handle: str, env: dict[str, str]) -> None:
+    result = client(env).training.cancel(handle)
+    if result not in ("SUCCESS", None):
+        raise JobError(f"WML did not cancel training {handle}: {result}")
