@@ -102,10 +102,11 @@ class LocalStore:
         return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
 
 
-def open_store(uri: str, cfg: Config | None = None, variable: str = "OUTPUT_URI") -> Store:
-    """The store for a URI already checked by job.config: s3://, file:// or a local path."""
+def open_store(uri: str, cfg: Config, variable: str = "OUTPUT_URI") -> Store:
+    """The store for a URI already checked by job.config: s3://, file:// or a local path;
+    `cfg` carries the bucket's endpoint and keys."""
     if uri.startswith("s3://"):
         from job.bucket import S3Store
 
-        return S3Store(cfg or Config(run_id="unused"), uri, variable)
+        return S3Store(cfg, uri, variable)
     return LocalStore(Path(uri.removeprefix("file://")))

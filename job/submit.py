@@ -23,7 +23,6 @@ from job.publish import now_iso, to_json
 from job.runs import CANCELLED, SUBMISSION
 from job.store import Store
 
-BACKENDS = ("local", "docker", "k8s", "wml")
 K8S_DIR = Path(__file__).resolve().parent.parent / "k8s"
 K8S_IMAGE = "icr.io/mnist/mnist-job"  # the name the overlays give the image
 # Never copied into a manifest: Kubernetes takes them from the Secret mnist-job-cos.

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import job_env, run_job
-from tests.s3 import ACCESS_KEY, SECRET_KEY, all_objects, cos_env, s3_client
+from tests.s3 import ACCESS_KEY, SECRET_KEY, all_objects, cos_env
 from tests.test_manifests import venv_tool
 from tests.test_storage import upload_slice
 
@@ -70,24 +70,23 @@ def test_submit_local_wait_follows_every_epoch_and_downloads(
     assert submission["backend"] == "local" and int(submission["handle"]) > 0
 
 
-def test_watch_reports_a_killed_run_as_stalled(contract, s3_endpoint, bucket, tmp_path):
+def start_long_local_run(run_id: str, contract: dict, endpoint: str, bucket: str, cwd) -> dict:
+    """Submit a 50-epoch local run and return its submission once epoch 1 is in the bucket."""
     env = {**contract, "EPOCHS": "50"}
-    assert (
-        run_job(
-            "submit", "--backend", "local", "--run-id", "sub-killed", env=env, cwd=tmp_path
-        ).returncode
-        == 0
-    )
-    client = s3_client(s3_endpoint)
-    submission = json.loads(
-        client.get_object(Bucket=bucket, Key="runs/sub-killed/submission.json")["Body"].read()
-    )
+    proc = run_job("submit", "--backend", "local", "--run-id", run_id, env=env, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        status = all_objects(s3_endpoint, bucket).get("runs/sub-killed/status.json")
+        objects = all_objects(endpoint, bucket)
+        status = objects.get(f"runs/{run_id}/status.json")
         if status and json.loads(status).get("epoch", 0) >= 1:
-            break
+            return json.loads(objects[f"runs/{run_id}/submission.json"])
         time.sleep(0.2)
+    raise AssertionError(f"{run_id} never finished an epoch")
+
+
+def test_watch_reports_a_killed_run_as_stalled(contract, s3_endpoint, bucket, tmp_path):
+    submission = start_long_local_run("sub-killed", contract, s3_endpoint, bucket, tmp_path)
     os.kill(int(submission["handle"]), signal.SIGKILL)
     proc = run_job("watch", "sub-killed", *WATCH, "--stall-after", "4", env=contract, cwd=tmp_path)
     assert proc.returncode == 3, proc.stdout + proc.stderr
@@ -95,19 +94,7 @@ def test_watch_reports_a_killed_run_as_stalled(contract, s3_endpoint, bucket, tm
 
 
 def test_cancel_stops_a_local_run(contract, s3_endpoint, bucket, tmp_path):
-    env = {**contract, "EPOCHS": "50"}
-    assert (
-        run_job(
-            "submit", "--backend", "local", "--run-id", "sub-cancel", env=env, cwd=tmp_path
-        ).returncode
-        == 0
-    )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        status = all_objects(s3_endpoint, bucket).get("runs/sub-cancel/status.json")
-        if status and json.loads(status).get("epoch", 0) >= 1:
-            break
-        time.sleep(0.2)
+    start_long_local_run("sub-cancel", contract, s3_endpoint, bucket, tmp_path)
     cancelled = run_job("cancel", "sub-cancel", env=contract, cwd=tmp_path)
     assert cancelled.returncode == 0 and "stopped local" in cancelled.stdout
     proc = run_job("watch", "sub-cancel", *WATCH, "--stall-after", "60", env=contract, cwd=tmp_path)
