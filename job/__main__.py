@@ -108,10 +108,10 @@ def cmd_submit(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     from job import submit
     from job.store import open_store
 
-    if args.run_id:
-        cfg = config_mod.from_env({**config_mod.read_environment(), "RUN_ID": args.run_id})
-    store = open_store(cfg.output_uri, cfg)
     env = config_mod.read_environment()
+    if args.run_id:
+        cfg = config_mod.from_env({**env, "RUN_ID": args.run_id})
+    store = open_store(cfg.output_uri, cfg)
     if args.backend == "local":
         where = submit.submit_local(cfg, env, store)
     elif args.backend == "docker":

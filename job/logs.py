@@ -14,8 +14,12 @@ from collections import deque
 
 import structlog
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
-_LEVELS["error"] = logging.ERROR
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def use_json(log_format: str, stream=None) -> bool:

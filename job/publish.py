@@ -31,18 +31,16 @@ def to_json(data: object) -> bytes:
     return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
 
-class RunPublisher:
+class RunFiles:
+    """One run's objects in a store, under `<run_id>/`: the layout's single place for keys."""
+
     def __init__(self, store: Store, run_id: str) -> None:
         self.store = store
         self.run_id = run_id
-        self.prefix = f"{run_id}/"
         self.location = f"{store.uri.rstrip('/')}/{run_id}"
 
     def key(self, name: str) -> str:
-        return self.prefix + name
-
-    def succeeded(self) -> bool:
-        return self.store.exists(self.key(SUCCESS))
+        return f"{self.run_id}/{name}"
 
     def read_json(self, name: str) -> dict | None:
         raw = self.store.get_bytes(self.key(name))
@@ -50,6 +48,13 @@ class RunPublisher:
 
     def put_json(self, name: str, data: object) -> None:
         self.store.put_bytes(self.key(name), to_json(data))
+
+
+class RunPublisher(RunFiles):
+    """The writing side of the contract (see the module docstring)."""
+
+    def succeeded(self) -> bool:
+        return self.store.exists(self.key(SUCCESS))
 
     def start(self, record: dict) -> None:
         self.put_json(RUN_RECORD, record)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from job.digest import sha256_file
 from job.errors import JobError
-from job.publish import FAILURE, STATUS, SUCCESS
+from job.publish import FAILURE, STATUS, SUCCESS, RunFiles
 from job.store import Store
 
 CANCELLED = "_CANCELLED"
@@ -19,19 +19,11 @@ SUBMISSION = "submission.json"
 DOWNLOADED = ("metrics.json", "images/")
 
 
-class RunReader:
+class RunReader(RunFiles):
     def __init__(self, store: Store, run_id: str) -> None:
-        self.store = store
-        self.run_id = run_id
+        super().__init__(store, run_id)
         self._status_tag: str | None = None
         self.status: dict | None = None
-
-    def key(self, name: str) -> str:
-        return f"{self.run_id}/{name}"
-
-    def json(self, name: str) -> dict | None:
-        raw = self.store.get_bytes(self.key(name))
-        return None if raw is None else json.loads(raw)
 
     def poll_status(self) -> bool:
         """Re-read status.json if it changed (cheaply); True when it did."""
@@ -55,7 +47,7 @@ class RunReader:
 
     def download(self, dest: Path) -> list[Path]:
         """metrics.json and the images, each checked against its `_SUCCESS` hash."""
-        manifest = self.json(SUCCESS) or {"files": []}
+        manifest = self.read_json(SUCCESS) or {"files": []}
         written = []
         for entry in manifest["files"]:
             if not entry["path"].startswith(DOWNLOADED):

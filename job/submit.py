@@ -19,7 +19,7 @@ from pathlib import Path
 
 from job import config as config_mod
 from job.errors import ConfigError, JobError
-from job.publish import now_iso, to_json
+from job.publish import RunFiles, now_iso
 from job.runs import CANCELLED, SUBMISSION
 from job.store import Store
 
@@ -45,7 +45,7 @@ def job_variables(environ: dict[str, str]) -> dict[str, str]:
 
 def record(store: Store, run_id: str, backend: str, handle: str, **extra: object) -> None:
     body = {"run_id": run_id, "backend": backend, "handle": handle, "submitted_at": now_iso()}
-    store.put_bytes(f"{run_id}/{SUBMISSION}", to_json({**body, **extra}))
+    RunFiles(store, run_id).put_json(SUBMISSION, {**body, **extra})
 
 
 def _run(cmd: list[str], *, stdin: str | None = None) -> str:
@@ -193,8 +193,7 @@ CANCEL = {"local": cancel_local, "docker": cancel_docker, "k8s": cancel_k8s, "wm
 
 
 def submission(store: Store, run_id: str) -> dict | None:
-    raw = store.get_bytes(f"{run_id}/{SUBMISSION}")
-    return None if raw is None else json.loads(raw)
+    return RunFiles(store, run_id).read_json(SUBMISSION)
 
 
 def cancel(store: Store, run_id: str, env: dict[str, str]) -> str:
@@ -202,5 +201,5 @@ def cancel(store: Store, run_id: str, env: dict[str, str]) -> str:
     if submitted is None:
         raise ConfigError("RUN_ID", run_id, "a run started by `python -m job submit`")
     CANCEL[submitted["backend"]](submitted["handle"], env)
-    store.put_bytes(f"{run_id}/{CANCELLED}", to_json({"run_id": run_id, "cancelled_at": now_iso()}))
+    RunFiles(store, run_id).put_json(CANCELLED, {"run_id": run_id, "cancelled_at": now_iso()})
     return f"{submitted['backend']} {submitted['handle']}"

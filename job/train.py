@@ -129,6 +129,7 @@ def _train_and_publish(
     guard: PreemptionGuard,
 ) -> dict:
     log = logs.get("job.train")
+    cluster = config.cluster
     ds = (datasets or load_data(config)).limited(config.train_limit, config.test_limit)
     log.info("data_loaded", source=ds.source, n_train=len(ds.y_train), n_test=len(ds.y_test))
     recipe = RECIPES[config.recipe]
@@ -165,21 +166,23 @@ def _train_and_publish(
             steps_per_execution=plan.steps_per_execution,
             replicas=replicas,
             strategy=type(strategy).__name__ if strategy is not None else "default",
-            worker=config.cluster.worker_id if config.cluster else None,
+            worker=cluster.worker_id if cluster else None,
         )
         reporter = EpochReporter(publisher, config.epochs, plan.samples_per_epoch)
-        if config.cluster is not None and replicas > 1:
+        if cluster is not None and replicas > 1:
             compat.patch_for_multi_worker(model)
         checkpointer = Checkpointer(shared, publisher, work / "checkpoint", reporter, guard)
         with _scope(strategy):  # restored variables must be created as the strategy's
             initial_epoch = checkpointer.restore(model)
+        stopper = StopAtAccuracy(config.target_accuracy) if config.target_accuracy else None
         callbacks = [reporter, checkpointer]
-        if config.cluster is not None:
-            callbacks.append(Watchdog(config.collective_timeout))
-        with distribute.peer_errors(config.cluster):
+        callbacks += [Watchdog(config.collective_timeout)] if cluster is not None else []
+        callbacks += [stopper] if stopper else []
+        with distribute.peer_errors(cluster):
             result, probs = _fit_and_evaluate(
-                config, recipe, chosen, ds, plan, model, callbacks, initial_epoch
+                config, recipe, chosen, ds, plan, model, reporter, callbacks, initial_epoch
             )
+        result["target_reached_epoch"] = stopper.reached_at if stopper else None
         result["resumed_from_epoch"] = initial_epoch or None
         # Finishing the publication beats abandoning it: a stop request waits, then the run
         # ends as a success.
@@ -211,15 +214,12 @@ def _fit_and_evaluate(
     ds,
     plan: TrainingPlan,
     model,
+    reporter: EpochReporter,
     callbacks: list,
     initial_epoch: int,
 ) -> tuple[dict, np.ndarray]:
     """Fit, then evaluate in float32 on the test split; returns (metrics, probabilities)."""
     log = logs.get("job.train")
-    reporter = callbacks[0]
-    stopper = StopAtAccuracy(config.target_accuracy) if config.target_accuracy else None
-    if stopper:
-        callbacks.append(stopper)
     reporter.publisher.status("running", epoch=initial_epoch, epochs=config.epochs)
     started = time.perf_counter()
     model.fit(
@@ -248,7 +248,6 @@ def _fit_and_evaluate(
         "epochs": config.epochs,
         "epochs_completed": completed,
         "target_accuracy": config.target_accuracy,
-        "target_reached_epoch": stopper.reached_at if stopper else None,
         **metrics.evaluate(probs, ds.y_test),
         "history": reporter.history,
         "timings": {

@@ -92,7 +92,7 @@ def watch(
             out(f"Downloaded {len(files)} files, hashes match _SUCCESS")
             return WATCH_EXIT["succeeded"]
         if outcome == "failed":
-            failure = reader.json(FAILURE) or {}
+            failure = reader.read_json(FAILURE) or {}
             out(f"Run {reader.run_id} failed: {failure.get('reason', 'no reason recorded')}")
             return WATCH_EXIT["failed"]
         if outcome == "cancelled":

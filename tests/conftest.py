@@ -46,3 +46,15 @@ def run_job(
         timeout=timeout,
         check=False,
     )
+
+
+def start_job(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen:
+    """`python -m job ARGS` in the background, for tests that stop or kill it mid-run."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "job", *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

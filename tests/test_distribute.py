@@ -11,7 +11,7 @@ import pytest
 
 from job import config, distribute
 from job.errors import EXIT_CONFIG, EXIT_TRANSIENT, ConfigError
-from tests.conftest import job_env, run_job
+from tests.conftest import job_env, run_job, start_job
 
 
 def tf_config(spec: dict, task_type: str, index: int) -> str:
@@ -143,16 +143,7 @@ def start_workers(tmp_path, mnist_dir, run_id: str, **extra: str) -> list[subpro
             COLLECTIVE_TIMEOUT="30",
             **extra,
         )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "job", "train"],
-                env=env,
-                cwd=tmp_path,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
+        procs.append(start_job("train", env=env, cwd=tmp_path))
     return procs
 
 

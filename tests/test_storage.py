@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -15,7 +13,7 @@ import pytest
 from job import bucket as bucket_mod
 from job import config, data
 from job.errors import EXIT_CONFIG, EXIT_TRANSIENT, ConfigError, TransientError
-from tests.conftest import job_env, run_job
+from tests.conftest import job_env, run_job, start_job
 from tests.faultproxy import FaultProxy, Faults
 from tests.s3 import ACCESS_KEY, SECRET_KEY, all_objects, cos_env, s3_client
 from tests.test_data import idx_bytes
@@ -149,17 +147,6 @@ def test_train_from_bucket_to_bucket(s3_endpoint, bucket, mnist_slice, tmp_path)
     assert not [k for k in all_objects(s3_endpoint, bucket) if "/checkpoints/" in k]
 
 
-def start_training(env, cwd) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "job", "train"],
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def wait_for_checkpoint(endpoint, bucket, run_id, epoch: int, proc) -> None:
     client = s3_client(endpoint)
     key = f"runs/{run_id}/checkpoints/latest.json"
@@ -188,7 +175,7 @@ def test_sigkill_then_rerun_resumes(kill_after, s3_endpoint, bucket, mnist_slice
     env = train_env(
         s3_endpoint, bucket, upload_slice(s3_endpoint, bucket, mnist_slice), run_id, EPOCHS="8"
     )
-    proc = start_training(env, tmp_path)
+    proc = start_job("train", env=env, cwd=tmp_path)
     wait_for_checkpoint(s3_endpoint, bucket, run_id, kill_after, proc)
     proc.kill()
     proc.communicate()
@@ -211,7 +198,7 @@ def test_sigterm_saves_and_exits_143(s3_endpoint, bucket, mnist_slice, tmp_path)
     env = train_env(
         s3_endpoint, bucket, upload_slice(s3_endpoint, bucket, mnist_slice), run_id, EPOCHS="8"
     )
-    proc = start_training(env, tmp_path)
+    proc = start_job("train", env=env, cwd=tmp_path)
     wait_for_checkpoint(s3_endpoint, bucket, run_id, 1, proc)
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
