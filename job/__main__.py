@@ -89,10 +89,10 @@ def cmd_watch(cfg: config_mod.Config, args: argparse.Namespace, run_id: str) -> 
     if submitted.get("backend") == "wml":
         from job import wml
 
-        env = config_mod.read_environment()
+        api = wml.client(config_mod.read_environment())
 
         def platform_state():
-            return wml.status(env, submitted["handle"])
+            return wml.status(api, submitted["handle"])
 
     return watch(
         RunReader(store, run_id),

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import keras
 
-SEED_PARAMS = 693_962
-
 
 def build_model(input_shape: tuple[int, int, int] = (28, 28, 1), n_classes: int = 10):
     return keras.Sequential(

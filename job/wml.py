@@ -30,7 +30,6 @@ HYPERPARAMETERS = (
     "RECIPE", "EPOCHS", "BATCH_SIZE", "LEARNING_RATE", "PRECISION", "TARGET_ACCURACY", "SEED",
     "TRAIN_LIMIT", "TEST_LIMIT", "DATASET",
 )  # fmt: skip
-DONE_STATES = {"completed", "failed", "canceled"}
 
 
 def package_zip() -> bytes:
@@ -132,9 +131,10 @@ def submit(cfg: Config, env: dict[str, str], zip_dir: Path) -> dict:
     return {"handle": training_id, "results_uri": results, "model_definition": definition_id}
 
 
-def status(env: dict[str, str], training_id: str) -> tuple[str, str | None]:
-    """WML's state of the training, and its failure message if it failed."""
-    details = client(env).training.get_details(training_id)
+def status(api, training_id: str) -> tuple[str, str | None]:
+    """WML's state of the training, and its failure message if it failed (`api` from
+    `client`, made once per watch: with an API key every new client asks IAM for a token)."""
+    details = api.training.get_details(training_id)
     state = details["entity"]["status"]["state"]
     errors = details["entity"]["status"].get("failure", {}).get("errors", [])
     return state, "; ".join(e.get("message", "") for e in errors) or None

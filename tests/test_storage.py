@@ -12,7 +12,7 @@ import pytest
 
 from job import bucket as bucket_mod
 from job import config, data
-from job.errors import EXIT_CONFIG, EXIT_TRANSIENT, ConfigError, TransientError
+from job.errors import EXIT_CONFIG, EXIT_PREEMPTED, EXIT_TRANSIENT, ConfigError, TransientError
 from tests.conftest import job_env, run_job, start_job
 from tests.faultproxy import FaultProxy, Faults
 from tests.s3 import ACCESS_KEY, SECRET_KEY, all_objects, cos_env, s3_client
@@ -204,7 +204,7 @@ def test_sigterm_saves_and_exits_143(s3_endpoint, bucket, mnist_slice, tmp_path)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
     assert time.monotonic() - sent < 30, "well inside the grace period"
-    assert proc.returncode == 143, stderr[-2000:]
+    assert proc.returncode == EXIT_PREEMPTED, stderr[-2000:]
     objects = all_objects(s3_endpoint, bucket)
     status = json.loads(objects[f"runs/{run_id}/status.json"])
     assert status["state"] == "preempted"
