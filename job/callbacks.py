@@ -1,4 +1,4 @@
-"""Per-epoch reporting and the optional early stop at a target accuracy."""
+"""What runs around each batch and epoch: the shared history, reporting, stopping."""
 
 from __future__ import annotations
 
@@ -7,9 +7,27 @@ import time
 import keras
 
 from job import logs
+from job.preemption import PreemptionGuard
 from job.publish import RunPublisher
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+class History:
+    """The run's epochs so far: appended by the reporter, saved and restored with checkpoints,
+    published in status.json and metrics.json. One object, shared, so nobody edits a copy."""
+
+    def __init__(self) -> None:
+        self.entries: list[dict[str, float]] = []
+
+    def restore(self, entries: list[dict]) -> None:
+        self.entries = [dict(e) for e in entries]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def train_seconds(self) -> float:
+        return sum(e["train_seconds"] for e in self.entries)
 
 
 class EpochReporter(keras.callbacks.Callback):
@@ -19,12 +37,14 @@ class EpochReporter(keras.callbacks.Callback):
     training alone.
     """
 
-    def __init__(self, publisher: RunPublisher, epochs: int, samples_per_epoch: int) -> None:
+    def __init__(
+        self, publisher: RunPublisher, history: History, epochs: int, samples_per_epoch: int
+    ) -> None:
         super().__init__()
         self.publisher = publisher
+        self.history = history
         self.epochs = epochs
         self.samples_per_epoch = samples_per_epoch
-        self.history: list[dict[str, float]] = []
         self.log = logs.get("job.train")
         self._epoch_start = self._test_start = 0.0
         self._test_seconds = 0.0
@@ -52,7 +72,7 @@ class EpochReporter(keras.callbacks.Callback):
             "seconds": round(seconds, 3),
             "train_seconds": round(train_seconds, 3),
         }
-        self.history.append(entry)
+        self.history.entries.append(entry)
         self.log.info(
             "epoch",
             epochs=self.epochs,
@@ -60,7 +80,11 @@ class EpochReporter(keras.callbacks.Callback):
             **entry,
         )
         self.publisher.status(
-            "running", epoch=epoch + 1, epochs=self.epochs, metrics=values, history=self.history
+            "running",
+            epoch=epoch + 1,
+            epochs=self.epochs,
+            metrics=values,
+            history=self.history.entries,
         )
 
 
@@ -76,3 +100,17 @@ class StopAtAccuracy(keras.callbacks.Callback):
         if logs and logs.get("val_accuracy", 0.0) >= self.target:
             self.reached_at = epoch + 1
             self.model.stop_training = True
+
+
+class StopOnRequest(keras.callbacks.Callback):
+    """Honours a SIGTERM/SIGINT at the next batch or epoch boundary (job.preemption)."""
+
+    def __init__(self, guard: PreemptionGuard) -> None:
+        super().__init__()
+        self.guard = guard
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        self.guard.check()
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.guard.check()

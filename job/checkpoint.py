@@ -17,74 +17,67 @@ from pathlib import Path
 import keras
 
 from job import logs
-from job.callbacks import EpochReporter
+from job.callbacks import History
 from job.digest import sha256_bytes, sha256_file
-from job.preemption import PreemptionGuard
-from job.publish import RunPublisher, now_iso
-
-LATEST = "checkpoints/latest.json"
-WEIGHTS = "ckpt.weights.h5"
-
-
-def weights_key(epoch: int) -> str:
-    return f"checkpoints/epoch-{epoch:04d}/{WEIGHTS}"
+from job.errors import DataError
+from job.layout import CHECKPOINTS, LATEST_CHECKPOINT, RunFiles, checkpoint_key
+from job.publish import now_iso
 
 
 class Checkpointer(keras.callbacks.Callback):
+    """Saves after each epoch, after the reporter has added the epoch to `history`."""
+
     def __init__(
-        self,
-        source: RunPublisher,
-        publisher: RunPublisher,
-        local_dir: Path,
-        reporter: EpochReporter,
-        guard: PreemptionGuard,
+        self, source: RunFiles, target: RunFiles, local_dir: Path, history: History
     ) -> None:
-        """Restores from `source` (the shared store), saves to `publisher` (the same store for
+        """Restores from `source` (the shared store), saves to `target` (the same store for
         the chief, scratch space for other workers)."""
         super().__init__()
         self.source = source
-        self.publisher = publisher
-        self.local = local_dir / WEIGHTS
-        self.reporter = reporter
-        self.guard = guard
+        self.target = target
+        self.local = local_dir / "ckpt.weights.h5"
+        self.history = history
         self.log = logs.get("job.checkpoint")
 
     def restore(self, model) -> int:
-        """Load the latest checkpoint into `model`; returns the number of epochs it holds."""
-        meta = self.source.read_json(LATEST)
+        """Load the latest checkpoint into `model` and the history; returns its epoch count."""
+        meta = self.source.read_json(LATEST_CHECKPOINT)
         if not meta:
             return 0
-        raw = self.source.store.get_bytes(self.source.key(weights_key(meta["epoch"])))
-        if raw is None or sha256_bytes(raw) != meta["sha256"]:
-            self.log.warning("checkpoint_unusable", epoch=meta["epoch"], action="start afresh")
+        where = self.source.where(LATEST_CHECKPOINT)
+        epoch, digest, history = meta.get("epoch"), meta.get("sha256"), meta.get("history")
+        if type(epoch) is not int or epoch < 1 or not isinstance(history, list):
+            raise DataError(f"{where}: not a checkpoint pointer (epoch, sha256, history)")
+        raw = self.source.store.get_bytes(self.source.key(checkpoint_key(epoch)))
+        if raw is None or sha256_bytes(raw) != digest:
+            self.log.warning("checkpoint_unusable", epoch=epoch, action="start afresh")
             return 0
         self.local.parent.mkdir(parents=True, exist_ok=True)
         self.local.write_bytes(raw)
         model.optimizer.build(model.trainable_variables)
         model.load_weights(self.local)
-        self.reporter.history = list(meta["history"])
-        self.log.info("resumed", from_epoch=meta["epoch"], next_epoch=meta["epoch"] + 1)
-        return int(meta["epoch"])
+        self.history.restore(history)
+        self.log.info("resumed", from_epoch=epoch, next_epoch=epoch + 1)
+        return epoch
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         started = time.perf_counter()
-        with self.guard.critical():
-            self.local.parent.mkdir(parents=True, exist_ok=True)
-            self.model.save_weights(self.local)
-            done = epoch + 1
-            self.publisher.store.put_file(self.publisher.key(weights_key(done)), self.local)
-            meta = {
-                "epoch": done,
-                "sha256": sha256_file(self.local),
-                "size": self.local.stat().st_size,
-                "history": self.reporter.history,
-                "saved_at": now_iso(),
-            }
-            self.publisher.put_json(LATEST, meta)
-            if done > 1:
-                self.publisher.store.delete(self.publisher.key(weights_key(done - 1)))
+        self.local.parent.mkdir(parents=True, exist_ok=True)
+        self.model.save_weights(self.local)
+        done = epoch + 1
+        self.target.store.put_file(self.target.key(checkpoint_key(done)), self.local)
+        meta = {
+            "epoch": done,
+            "sha256": sha256_file(self.local),
+            "size": self.local.stat().st_size,
+            "history": self.history.entries,
+            "saved_at": now_iso(),
+        }
+        self.target.put_json(LATEST_CHECKPOINT, meta)
+        if done > 1:
+            self.target.store.delete(self.target.key(checkpoint_key(done - 1)))
         self.log.debug("checkpoint_saved", epoch=done, seconds=time.perf_counter() - started)
 
     def clear(self) -> None:
-        for key in self.publisher.store.list(self.publisher.key("checkpoints")):
-            self.publisher.store.delete(key)
+        for key in self.target.store.list(self.target.key(CHECKPOINTS)):
+            self.target.store.delete(key)

@@ -151,12 +151,13 @@ def local_candidates(dataset: str) -> list[Path]:
     return [Path("data") / dataset, BAKED_DATA_ROOT / dataset]
 
 
-def load(dataset: str, data_uri: str | None) -> Dataset:
-    """Find, read and validate the dataset; raises DataError with the file and the problem."""
-    if data_uri:
-        path = Path(data_uri.removeprefix("file://"))
+def load(dataset: str, path: Path | str | None) -> Dataset:
+    """Find, read and validate the dataset (`path`: DATA_URI's local file or folder, which never
+    falls back); raises DataError with the file and the problem."""
+    if path is not None:
+        path = Path(path)
         if not path.exists():
-            raise DataError(f"DATA_URI={data_uri!r}: no such file or folder")
+            raise DataError(f"DATA_URI={str(path)!r}: no such file or folder")
         arrays, source = read_local(path), str(path)
     else:
         found = next((p for p in local_candidates(dataset) if p.exists()), None)

@@ -35,10 +35,17 @@ REDACTED = "***"
 
 
 def scrub(text: str, secrets: list[str]) -> str:
-    """`text` with every secret value replaced by ***."""
-    for secret in secrets:
+    """`text` with every secret value replaced by ***. Secrets are at least 8 characters
+    (job.config), so this never rewrites ordinary words; longest first, so a secret that
+    contains another is replaced whole."""
+    for secret in sorted(secrets, key=len, reverse=True):
         text = text.replace(secret, REDACTED)
     return text
+
+
+def error_line(message: str, secrets: list[str]) -> str:
+    """The one line an error ends the process with, whatever the exception's text held."""
+    return "error: " + scrub(" ".join(message.split()), secrets)
 
 
 def _scrubber(secrets: list[str]):

@@ -62,3 +62,57 @@ def misclassified(probs: np.ndarray, y_true: np.ndarray) -> np.ndarray:
     y_pred = probs.argmax(axis=1)
     wrong = np.flatnonzero(y_pred != y_true)
     return wrong[np.argsort(-probs[wrong, y_pred[wrong]], kind="stable")]
+
+
+def timings(
+    fit_seconds: float, eval_seconds: float, history: list[dict], samples_per_epoch: int
+) -> dict[str, float]:
+    """Wall time of fit and evaluation, and throughput over the epochs' training time alone."""
+    train_only = sum(h["train_seconds"] for h in history) or 1e-9
+    return {
+        "fit_seconds": round(fit_seconds, 3),
+        "train_seconds": round(train_only, 3),
+        "eval_seconds": round(eval_seconds, 3),
+        "train_samples_per_second": round(samples_per_epoch * len(history) / train_only, 1),
+    }
+
+
+def run_metrics(
+    *,
+    run_id: str,
+    dataset: str,
+    data_source: str,
+    n_train: int,
+    y_test: np.ndarray,
+    probs: np.ndarray,
+    epochs: int,
+    target_accuracy: float | None,
+    history: list[dict],
+    timings: dict,
+    params: dict,
+    target_reached_epoch: int | None,
+    resumed_from_epoch: int | None,
+) -> dict[str, object]:
+    """The content of metrics.json (and the return value of job.train.run)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
+        "dataset": dataset,
+        "data_source": data_source,
+        "n_train": n_train,
+        "n_test": len(y_test),
+        "epochs": epochs,
+        "epochs_completed": len(history),
+        "target_accuracy": target_accuracy,
+        **evaluate(probs, y_test),
+        "history": history,
+        "timings": timings,
+        "params": params,
+        "target_reached_epoch": target_reached_epoch,
+        "resumed_from_epoch": resumed_from_epoch,
+    }
+
+
+def headline(result: dict) -> dict:
+    """The figures status.json carries once the run has succeeded."""
+    return {k: result[k] for k in ("test_accuracy", "test_loss", "baseline_error_pct")}

@@ -1,18 +1,25 @@
 """The seed notebook's network, exactly (693,962 parameters), and how it is compiled.
 
 Any other network would be an explicit, named option; speed comes from the input pipeline and
-training recipe (job.recipes), never from quietly changing this table of layers.
+training recipe (job.config.RECIPES), never from quietly changing this table of layers.
+
+The model takes raw digits: uint8 28x28x1, 0-255, as MNIST stores them. Scaling to [0, 1] is its
+first layer (no parameters), so `model.keras` and the SavedModel need no hidden preprocessing:
+a serving client sends the pixels as they are.
 """
 
 from __future__ import annotations
 
 import keras
 
+INPUT_SHAPE = (28, 28, 1)
 
-def build_model(input_shape: tuple[int, int, int] = (28, 28, 1), n_classes: int = 10):
+
+def build_model(n_classes: int = 10):
     return keras.Sequential(
         [
-            keras.Input(shape=input_shape),
+            keras.Input(shape=INPUT_SHAPE, dtype="uint8", name="digits"),
+            keras.layers.Rescaling(1 / 255),
             keras.layers.Conv2D(32, kernel_size=(3, 3), activation="relu"),
             keras.layers.MaxPool2D(pool_size=(2, 2)),
             keras.layers.Flatten(),

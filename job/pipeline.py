@@ -1,10 +1,10 @@
 """The tf.data input pipeline of the `fast` recipe, with light random affine augmentation.
 
 Batches are drawn from a fresh permutation each epoch (the remainder dropped, so every epoch
-has the same step count), gathered from the in-memory uint8 arrays, scaled to [0, 1] like the
-notebook's input, and, for training, each image gets its own small random rotation, scale and
-shift in one bilinear resampling pass (ImageProjectiveTransformV3). The test set is never
-augmented.
+has the same step count), gathered from the in-memory uint8 arrays, and, for training, each
+image gets its own small random rotation, scale and shift in one bilinear resampling pass
+(ImageProjectiveTransformV3).
+Pixels stay 0-255: the model scales its own input (job.model). The test set is never augmented.
 """
 
 from __future__ import annotations
@@ -65,10 +65,6 @@ def _sharded_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
-def _scale(images: tf.Tensor) -> tf.Tensor:
-    return tf.cast(images, tf.float32)[..., None] / 255.0
-
-
 def training_dataset(
     x: np.ndarray, y: np.ndarray, batch_size: int, *, augment_images: bool, seed: int
 ) -> tf.data.Dataset:
@@ -76,8 +72,10 @@ def training_dataset(
     n = len(y)
 
     def gather(idx):
-        batch = _scale(tf.gather(images, idx))
+        batch = tf.gather(images, idx)[..., None]
         if augment_images:
+            # Resampled in float, kept as float 0-255: the model's first layer casts and scales.
+            batch = tf.cast(batch, tf.float32)
             batch = transform(batch, random_transforms(tf.shape(batch)[0]))
         return batch, tf.one_hot(tf.gather(labels, idx), 10)
 
@@ -94,7 +92,7 @@ def eval_dataset(x: np.ndarray, y: np.ndarray) -> tf.data.Dataset:
     return _sharded_by_data(
         tf.data.Dataset.from_tensor_slices((x, y))
         .batch(EVAL_BATCH)
-        .map(lambda images, labels: (_scale(images), tf.one_hot(labels, 10)))
+        .map(lambda images, labels: (images[..., None], tf.one_hot(labels, 10)))
         .cache()
         .prefetch(tf.data.AUTOTUNE)
     )

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import keras
 import numpy as np
 
-from job.config import Config
+from job.config import Training
 from job.data import Dataset
-from job.recipes import Recipe, steps_per_execution
 
 
 def prepare(x: np.ndarray, y: np.ndarray, n_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 digits -> float32 in [0, 1] with a channel axis; labels -> one-hot (as the seed)."""
-    return (x.astype(np.float32) / 255.0)[..., None], keras.utils.to_categorical(y, n_classes)
+    """uint8 digits with a channel axis (the model scales them); labels one-hot, as the seed."""
+    return x[..., None], np.eye(n_classes, dtype=np.float32)[y]
+
+
+def steps_per_execution(steps_per_epoch: int, limit: int) -> int:
+    """The largest divisor of the epoch's step count not above `limit`.
+
+    Keras runs whole executions: when this does not divide the epoch it silently runs extra
+    steps (117 became 128 in a probe), which ends a step-based schedule early.
+    """
+    return max(
+        d for d in range(1, max(1, min(limit, steps_per_epoch)) + 1) if steps_per_epoch % d == 0
+    )
 
 
 @dataclass(frozen=True)
@@ -30,16 +39,27 @@ class TrainingPlan:
     samples_per_epoch: int  # what one epoch trains on (the fast recipe drops the remainder)
     fit_args: dict
 
+    def params(self) -> dict[str, object]:
+        return {
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "replicas": self.replicas,
+            "steps_per_epoch": self.steps_per_epoch,
+            "steps_per_execution": self.steps_per_execution,
+        }
 
-def training_plan(config: Config, recipe: Recipe, ds: Dataset, replicas: int = 1) -> TrainingPlan:
+
+def training_plan(
+    training: Training, ds: Dataset, replicas: int = 1, *, multi_worker: bool = False
+) -> TrainingPlan:
     """What `fit` is given: numpy arrays as in the notebook, or the tf.data pipeline."""
     n = len(ds.y_train)
-    batch = min(config.batch_size * replicas, n)  # a smoke run smaller than a batch still trains
-    if recipe.pipeline == "tfdata":
+    batch = min(training.batch_size * replicas, n)  # a smoke run smaller than a batch still trains
+    if training.pipeline == "tfdata":
         from job import pipeline
 
         train = pipeline.training_dataset(
-            ds.x_train, ds.y_train, batch, augment_images=recipe.augment, seed=config.seed
+            ds.x_train, ds.y_train, batch, augment_images=training.augment, seed=training.seed
         )
         fit_args = {
             "x": train,
@@ -58,7 +78,7 @@ def training_plan(config: Config, recipe: Recipe, ds: Dataset, replicas: int = 1
         }
         steps, samples = -(-n // batch), n
     # More than one step per execution breaks Keras under a multi-worker strategy (job.compat).
-    limit = 1 if config.cluster is not None and replicas > 1 else recipe.max_steps_per_execution
+    limit = 1 if multi_worker and replicas > 1 else training.max_steps_per_execution
     spe = steps_per_execution(steps, limit)
-    rate = config.learning_rate * replicas
+    rate = training.learning_rate * replicas
     return TrainingPlan(replicas, batch, rate, steps, spe, samples, fit_args)

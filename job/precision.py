@@ -7,11 +7,12 @@ a CPU: there it is emulated and far slower than float32.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from job.errors import ConfigError
 
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 KERAS_POLICY = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 CPU_BF16_FLAGS = {"amx_bf16", "avx512_bf16"}
 
@@ -55,3 +56,18 @@ def gpu_capabilities() -> list[tuple[int, int]]:
 
 def detect(requested: str) -> str:
     return choose(requested, gpu_capabilities(), cpu_flags())
+
+
+@contextlib.contextmanager
+def policy(requested: str) -> Iterator[str]:
+    """Train under the precision chosen for `requested` (yields it); Keras' global policy is
+    put back afterwards, so one run in a process does not leak into the next."""
+    import keras
+
+    chosen = detect(requested)
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(KERAS_POLICY[chosen])
+    try:
+        yield chosen
+    finally:
+        keras.mixed_precision.set_global_policy(previous)

@@ -7,13 +7,12 @@ from pathlib import Path
 import numpy as np
 
 from job.errors import DataError
-
-MODEL_FILE = Path("model") / "model.keras"
+from job.layout import MODEL_FILE
 
 
 def resolve_model(path: Path) -> Path:
     """A .keras file, or a run folder holding model/model.keras."""
-    candidate = path / MODEL_FILE if path.is_dir() else path
+    candidate = path.joinpath(*MODEL_FILE.split("/")) if path.is_dir() else path
     if not candidate.is_file():
         raise DataError(f"{path}: no saved model (expected a .keras file or a run folder)")
     return candidate
@@ -40,7 +39,7 @@ def predict(model_path: Path, image_paths: list[Path]) -> list[tuple[Path, int, 
     import keras
 
     model = keras.models.load_model(resolve_model(model_path), compile=False)
-    batch = np.stack([load_image(p) for p in image_paths]).astype(np.float32)[..., None] / 255.0
+    batch = np.stack([load_image(p) for p in image_paths])[..., None]  # raw uint8: job.model
     probs = np.asarray(model.predict(batch, verbose=0))
     return [
         (p, int(row.argmax()), float(row.max())) for p, row in zip(image_paths, probs, strict=True)

@@ -1,17 +1,17 @@
-"""SIGTERM (and SIGINT on a terminal) turned into a clean, resumable stop.
+"""SIGTERM and SIGINT turned into a clean, resumable stop.
 
 Kubernetes sends SIGTERM on preemption or eviction and SIGKILL after the grace period. The
-handler raises `Preempted` at once, except inside a critical section (a checkpoint upload, the
-final publication), where it waits for the section to end so nothing is left half-written.
-Training loses at most the epoch in progress; the last epoch's checkpoint is already in the
-store.
+handler only records the request; training looks at it at batch and epoch boundaries and once
+more before publication (job.callbacks.StopOnRequest, job.train), where nothing is half-written:
+a checkpoint upload or a status write in progress always completes. Training loses at most the
+epoch in progress; the last epoch's checkpoint is already in the store. Once publication has
+begun the run completes and ends as a success. SIGINT is treated the same with or without a
+terminal (exit 130), so a supervisor's Ctrl-C equivalent never leaves a traceback.
 """
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import sys
 
 from job.errors import JobError
 
@@ -26,28 +26,16 @@ class Preempted(JobError):
 class PreemptionGuard:
     def __init__(self) -> None:
         self.requested: str | None = None
-        self._depth = 0
 
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._handle)
-        if sys.stdin is not None and sys.stdin.isatty():
-            signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
 
     def _handle(self, signum: int, frame) -> None:
-        self.requested = signal.Signals(signum).name
-        if self._depth == 0:
-            raise Preempted(self.requested)
+        # The first request counts; a burst of signals changes nothing.
+        self.requested = self.requested or signal.Signals(signum).name
 
-    @contextlib.contextmanager
-    def critical(self, *, stop_after: bool = True):
-        """Defer a stop request until the block is done; then stop, or (stop_after=False) carry
-        on, for a block that completes the run anyway."""
-        self._depth += 1
-        try:
-            yield
-        finally:
-            self._depth -= 1
-        if self._depth == 0 and self.requested:
-            if stop_after:
-                raise Preempted(self.requested)
-            self.requested = None
+    def check(self) -> None:
+        """Raise Preempted if a stop was requested: call only where stopping is clean."""
+        if self.requested:
+            raise Preempted(self.requested)

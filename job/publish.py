@@ -4,22 +4,17 @@ Order of writes: `run.json` (start record) and `status.json` first; `status.json
 every epoch (the heartbeat); the artifacts; then `_SUCCESS`, listing every artifact with its
 size and SHA-256; last the final `status.json`. A failed run gets `_FAILURE` instead and never a
 `_SUCCESS`. Readers trust a run only when `_SUCCESS` is there. `status.json` is the mutable
-heartbeat, so it is not listed in `_SUCCESS`.
+heartbeat, so it is not listed in `_SUCCESS`. Key names: job.layout.
 """
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 
 from job.digest import sha256_bytes, sha256_file
-from job.store import Store
+from job.layout import FAILURE, RUN_RECORD, STATUS, SUCCESS, RunFiles
 
-SUCCESS = "_SUCCESS"
-FAILURE = "_FAILURE"
-STATUS = "status.json"
-RUN_RECORD = "run.json"
 MAX_REASON = 1000
 
 
@@ -27,34 +22,11 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def to_json(data: object) -> bytes:
-    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
-
-
-class RunFiles:
-    """One run's objects in a store, under `<run_id>/`: the layout's single place for keys."""
-
-    def __init__(self, store: Store, run_id: str) -> None:
-        self.store = store
-        self.run_id = run_id
-        self.location = f"{store.uri.rstrip('/')}/{run_id}"
-
-    def key(self, name: str) -> str:
-        return f"{self.run_id}/{name}"
-
-    def read_json(self, name: str) -> dict | None:
-        raw = self.store.get_bytes(self.key(name))
-        return None if raw is None else json.loads(raw)
-
-    def put_json(self, name: str, data: object) -> None:
-        self.store.put_bytes(self.key(name), to_json(data))
-
-
 class RunPublisher(RunFiles):
     """The writing side of the contract (see the module docstring)."""
 
     def succeeded(self) -> bool:
-        return self.store.exists(self.key(SUCCESS))
+        return self.exists(SUCCESS)
 
     def start(self, record: dict) -> None:
         self.put_json(RUN_RECORD, record)

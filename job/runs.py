@@ -1,22 +1,30 @@
 """Reading runs back from the store: the other side of job.publish, used by watch and runs.
 
-Imports nothing heavy: the submitter must start in well under a second without TensorFlow.
+Everything read here is untrusted: keys become paths only through job.layout.safe_key, files
+are hash-checked before they appear in the destination, and a corrupt object is an error that
+names it. Imports nothing heavy: the submitter starts in well under a second without TensorFlow.
 """
 
 from __future__ import annotations
 
-import json
+import os
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from job.digest import sha256_file
-from job.errors import JobError
-from job.publish import FAILURE, STATUS, SUCCESS, RunFiles
+from job.digest import sha256_bytes
+from job.errors import DataError, JobError
+from job.layout import (
+    CANCELLED,
+    DOWNLOADED,
+    FAILURE,
+    STATUS,
+    SUCCESS,
+    RunFiles,
+    decode_json,
+    safe_key,
+)
 from job.store import Store
-
-CANCELLED = "_CANCELLED"
-SUBMISSION = "submission.json"
-DOWNLOADED = ("metrics.json", "images/")
 
 
 class RunReader(RunFiles):
@@ -30,59 +38,87 @@ class RunReader(RunFiles):
         raw, self._status_tag = self.store.get_if_changed(self.key(STATUS), self._status_tag)
         if raw is None:
             return False
-        self.status = json.loads(raw)
+        self.status = decode_json(raw, self.where(STATUS))
         return True
 
     def outcome(self) -> str | None:
         for marker, name in ((SUCCESS, "succeeded"), (FAILURE, "failed"), (CANCELLED, "cancelled")):
-            if self.store.exists(self.key(marker)):
+            if self.exists(marker):
                 return name
         return None
 
     def heartbeat_age(self, now: datetime | None = None) -> float | None:
-        if not self.status or "updated_at" not in self.status:
+        """Seconds since the run's own `updated_at`; None when there is none or it is not a
+        time (a clock in the future gives a negative age, which callers must not trust)."""
+        updated = (self.status or {}).get("updated_at")
+        try:
+            when = datetime.fromisoformat(str(updated).replace("Z", "+00:00"))
+            return ((now or datetime.now(UTC)) - when).total_seconds()
+        except (TypeError, ValueError):
             return None
-        updated = datetime.fromisoformat(self.status["updated_at"].replace("Z", "+00:00"))
-        return ((now or datetime.now(UTC)) - updated).total_seconds()
+
+    def manifest(self) -> list[dict]:
+        """The `_SUCCESS` entries, each checked: a safe path, an integer size, a SHA-256."""
+        where = self.where(SUCCESS)
+        files = (self.read_json(SUCCESS) or {}).get("files")
+        if not isinstance(files, list):
+            raise DataError(f"{where}: no list of files")
+        for entry in files:
+            if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+                raise DataError(f"{where}: an entry without path and sha256")
+            safe_key(entry.get("path"), where)
+        return files
 
     def download(self, dest: Path) -> list[Path]:
-        """metrics.json and the images, each checked against its `_SUCCESS` hash."""
-        manifest = self.read_json(SUCCESS) or {"files": []}
+        """metrics.json and the images into `dest`, each checked against its `_SUCCESS` hash
+        before it is moved in: nothing lands outside `dest`, no bad file is left behind."""
+        dest = dest.resolve()
         written = []
-        for entry in manifest["files"]:
-            if not entry["path"].startswith(DOWNLOADED):
+        for entry in self.manifest():
+            name = entry["path"]
+            if not name.startswith(DOWNLOADED):
                 continue
-            target = dest / entry["path"]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            raw = self.store.get_bytes(self.key(entry["path"]))
+            target = dest.joinpath(*name.split("/"))
+            if not target.is_relative_to(dest):  # safe_key already refused "..": belt and braces
+                raise DataError(f"{self.where(SUCCESS)}: {name!r} leaves {dest}")
+            raw = self.store.get_bytes(self.key(name))
             if raw is None:
-                raise JobError(f"{entry['path']} is listed in _SUCCESS but missing")
-            target.write_bytes(raw)
-            if sha256_file(target) != entry["sha256"]:
-                raise JobError(f"{entry['path']}: SHA-256 differs from _SUCCESS")
+                raise JobError(f"{self.where(name)} is listed in _SUCCESS but missing")
+            if sha256_bytes(raw) != entry["sha256"]:
+                raise DataError(f"{self.where(name)}: SHA-256 differs from _SUCCESS")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(raw)
+            os.replace(tmp, target)
             written.append(target)
         return written
+
+
+def run_row(store: Store, run_id: str) -> dict:
+    reader = RunReader(store, run_id)
+    try:
+        reader.poll_status()
+        status = reader.status or {}
+        state = reader.outcome() or str(status.get("state", "unknown"))
+    except JobError as exc:  # one corrupt run must not hide the others
+        return {"run_id": run_id, "state": "unreadable", "error": str(exc), "updated_at": None}
+    accuracy = (status.get("metrics") or {}).get("test_accuracy")
+    return {
+        "run_id": run_id,
+        "state": state,
+        "epoch": status.get("epoch"),
+        "epochs": status.get("epochs"),
+        "test_accuracy": accuracy if isinstance(accuracy, (int, float)) else None,
+        "updated_at": status.get("updated_at")
+        if isinstance(status.get("updated_at"), str)
+        else None,
+    }
 
 
 def list_runs(store: Store, limit: int = 20) -> list[dict]:
     """The newest runs first, with their state and accuracy."""
     run_ids = sorted({key.split("/", 1)[0] for key in store.list("") if key.endswith("/" + STATUS)})
-    rows = []
-    for run_id in run_ids:
-        reader = RunReader(store, run_id)
-        reader.poll_status()
-        status = reader.status or {}
-        state = reader.outcome() or status.get("state", "unknown")
-        accuracy = (status.get("metrics") or {}).get("test_accuracy")
-        rows.append(
-            {
-                "run_id": run_id,
-                "state": state,
-                "epoch": status.get("epoch"),
-                "epochs": status.get("epochs"),
-                "test_accuracy": accuracy,
-                "updated_at": status.get("updated_at"),
-            }
-        )
+    rows = [run_row(store, run_id) for run_id in run_ids]
     rows.sort(key=lambda r: r["updated_at"] or "", reverse=True)
     return rows[:limit]

@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 from typing import Protocol
 
-from job.config import Config
 from job.errors import TransientError
 
 
@@ -36,7 +35,11 @@ class LocalStore:
         self.uri = str(root)
 
     def _path(self, key: str) -> Path:
-        return self.root.joinpath(*key.split("/"))
+        path = self.root.joinpath(*key.split("/"))
+        # Keys come from job.layout; this is the last line of defence for the file system.
+        if ".." in key.split("/") or not path.is_relative_to(self.root):
+            raise ValueError(f"key {key!r} leaves {self.root}")
+        return path
 
     def _atomic(self, key: str, write) -> None:
         target = self._path(key)
@@ -100,13 +103,3 @@ class LocalStore:
         if not base.is_dir():
             return []
         return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
-
-
-def open_store(uri: str, cfg: Config, variable: str = "OUTPUT_URI") -> Store:
-    """The store for a URI already checked by job.config: s3://, file:// or a local path;
-    `cfg` carries the bucket's endpoint and keys."""
-    if uri.startswith("s3://"):
-        from job.bucket import S3Store
-
-        return S3Store(cfg, uri, variable)
-    return LocalStore(Path(uri.removeprefix("file://")))

@@ -1,15 +1,17 @@
 """`python -m job submit`: start a run on a backend, record how, and optionally follow it.
 
-Every backend gets the job's own environment contract (the variables job.config reads), the run
-id fixed up front, and `<run>/submission.json` in the run's store saying which backend started
-it and its handle, so `cancel` and `watch` work whoever launched the run. No TensorFlow here.
+Every backend gets the job's own environment contract (the variables job.config's table marks
+as forwarded), the run id fixed up front, and `<run>/submission.json` in the run's store saying
+which backend started it and its handle, so `cancel` and `watch` work whoever launched the run.
+The record is written only once the backend has accepted the run. Handles read back from the
+store are untrusted: each backend checks its own before acting on it. No TensorFlow here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,34 +20,33 @@ import tempfile
 from pathlib import Path
 
 from job import config as config_mod
-from job.errors import ConfigError, JobError
-from job.publish import RunFiles, now_iso
-from job.runs import CANCELLED, SUBMISSION
+from job import layout, manifests
+from job.config import Config
+from job.errors import ConfigError, DataError, JobError
+from job.layout import CANCELLED, SUBMISSION, SUCCESS, RunFiles
+from job.publish import now_iso
 from job.store import Store
 
-K8S_DIR = Path(__file__).resolve().parent.parent / "k8s"
 K8S_IMAGE = "icr.io/mnist/mnist-job"  # the name the overlays give the image
-# Never copied into a manifest: Kubernetes takes them from the Secret mnist-job-cos.
-SECRET_VARIABLES = {
-    "COS_ACCESS_KEY_ID",
-    "COS_SECRET_ACCESS_KEY",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-}
+OBJECT_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+IMAGE_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
 
 
-def job_variables(environ: dict[str, str]) -> dict[str, str]:
-    """The variables of the job's contract that are set here (secrets included)."""
-    names = set(config_mod.VARIABLES) | set(config_mod.CLUSTER_INTS) | {"TF_CONFIG"}
-    names |= {"WORKER_SERVICE", "JOB_NAME", "ENV_FILE"}
-    for alternatives in config_mod.FALLBACKS.values():
-        names |= set(alternatives)
-    return {k: v for k, v in environ.items() if k in names and v.strip()}
-
-
-def record(store: Store, run_id: str, backend: str, handle: str, **extra: object) -> None:
-    body = {"run_id": run_id, "backend": backend, "handle": handle, "submitted_at": now_iso()}
-    RunFiles(store, run_id).put_json(SUBMISSION, {**body, **extra})
+def forwarded(cfg: Config, env: dict[str, str], *, secrets: bool) -> dict[str, str]:
+    """The settings a container of this run gets, by the table's `forward` column: canonical
+    names (fallbacks resolved), host-only paths left out, URIs only when they name a bucket."""
+    values = config_mod.given(env)
+    out = {}
+    for var in config_mod.VARIABLES:
+        if var.name not in values or var.side == "submitter" or var.forward == "no":
+            continue
+        if var.secret and not secrets:
+            continue
+        if var.forward == "remote" and not layout.parse(var.name, values[var.name]).is_bucket:
+            continue
+        out[var.name] = values[var.name]
+    out["RUN_ID"] = cfg.run_id
+    return out
 
 
 def _run(cmd: list[str], *, stdin: str | None = None) -> str:
@@ -57,14 +58,25 @@ def _run(cmd: list[str], *, stdin: str | None = None) -> str:
     )
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise JobError(f"{cmd[0]} {cmd[1]} failed (exit {proc.returncode}): {last}")
+        raise JobError(f"{cmd[0]} {cmd[1]} failed (exit {proc.returncode}): {last[:300]}")
     return proc.stdout
+
+
+def record(store: Store, run_id: str, backend: str, handle: str, **extra: object) -> None:
+    body = {"run_id": run_id, "backend": backend, "handle": handle, "submitted_at": now_iso()}
+    RunFiles(store, run_id).put_json(SUBMISSION, {**body, **extra})
+
+
+def _object_name(value: str, what: str) -> str:
+    if not OBJECT_NAME.match(value):
+        raise ConfigError(what, value, "a lower-case object name ([a-z0-9.-])")
+    return value
 
 
 # --- local: a child process ---
 
 
-def submit_local(cfg, env: dict[str, str], store: Store) -> str:
+def submit_local(cfg: Config, env: dict[str, str], store: Store) -> str:
     log = Path(tempfile.gettempdir()) / f"mnist-job-{cfg.run_id}.log"
     with log.open("ab") as out:
         child = subprocess.Popen(
@@ -78,20 +90,37 @@ def submit_local(cfg, env: dict[str, str], store: Store) -> str:
     return f"local process {child.pid}, log {log}"
 
 
-def cancel_local(handle: str, env: dict[str, str]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(int(handle), signal.SIGTERM)  # the job checkpoints and exits 143
+def _our_process(pid: int, run_id: str) -> bool:
+    """True when `pid` is a live `python -m job train` of this run, started by us: a PID read
+    from a store may be stale (reused by another process) or hostile."""
+    proc = Path("/proc") / str(pid)
+    try:
+        cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        environ = (proc / "environ").read_bytes().split(b"\0")
+    except OSError:  # gone, or not ours to read
+        return False
+    return b"job" in cmdline and b"train" in cmdline and f"RUN_ID={run_id}".encode() in environ
+
+
+def cancel_local(handle: str, cfg: Config) -> None:
+    run_id = cfg.run_id
+    if not handle.isascii() or not handle.isdigit() or int(handle) <= 1:
+        raise DataError(f"submission.json of {run_id}: handle {handle[:40]!r} is not a PID")
+    if not _our_process(int(handle), run_id):
+        raise ConfigError("RUN_ID", run_id, f"a running local run (process {handle} is not it)")
+    os.kill(int(handle), signal.SIGTERM)  # the job checkpoints and exits 143
 
 
 # --- docker: the image, credentials through an env file ---
 
 
-def docker_command(cfg, env: dict[str, str], image: str, gpus: bool, env_file: Path) -> list[str]:
+def docker_command(cfg: Config, image: str, gpus: bool, env_file: Path) -> list[str]:
     name = f"mnist-job-{cfg.run_id}"
     cmd = ["docker", "run", "-d", "--name", name, "--read-only", "--tmpfs", "/tmp"]
     cmd += ["--env-file", str(env_file), "-e", f"RUN_ID={cfg.run_id}"]
-    if "://" not in cfg.output_uri or cfg.output_uri.startswith("file://"):
-        host = Path(cfg.output_uri.removeprefix("file://")).resolve()
+    output = layout.parse("OUTPUT_URI", cfg.output_uri)
+    if not output.is_bucket:
+        host = Path(output.path).resolve()
         host.mkdir(parents=True, exist_ok=True)
         cmd += ["-v", f"{host}:/runs", "-e", "OUTPUT_URI=/runs"]
     if gpus:
@@ -99,36 +128,41 @@ def docker_command(cfg, env: dict[str, str], image: str, gpus: bool, env_file: P
     return [*cmd, image, "train"]
 
 
-def submit_docker(cfg, env: dict[str, str], store: Store, image: str, gpus: bool) -> str:
-    variables = {k: v for k, v in job_variables(env).items() if k not in ("RUN_ID", "OUTPUT_URI")}
-    if "://" in cfg.output_uri and not cfg.output_uri.startswith("file://"):
-        variables["OUTPUT_URI"] = cfg.output_uri
+def submit_docker(cfg: Config, env: dict[str, str], store: Store, image: str, gpus: bool) -> str:
+    if not IMAGE_REF.match(image):
+        raise ConfigError("--image", image, "an image reference such as mnist-job:gpu")
+    variables = forwarded(cfg, env, secrets=True)  # control characters were refused by config
+    variables.pop("RUN_ID")  # on the command line, where `docker inspect` shows it
+    name = f"mnist-job-{cfg.run_id}"
     with tempfile.TemporaryDirectory() as tmp:
         env_file = Path(tmp) / "job.env"
         env_file.touch(mode=0o600)
         env_file.write_text("".join(f"{k}={v}\n" for k, v in sorted(variables.items())))
-        name = f"mnist-job-{cfg.run_id}"
-        record(store, cfg.run_id, "docker", name, image=image)
-        _run(docker_command(cfg, env, image, gpus, env_file))
+        _run(docker_command(cfg, image, gpus, env_file))
+    record(store, cfg.run_id, "docker", name, image=image)
     return f"container {name} ({image})"
 
 
-def cancel_docker(handle: str, env: dict[str, str]) -> None:
+def cancel_docker(handle: str, cfg: Config) -> None:
+    if handle != f"mnist-job-{cfg.run_id}":
+        raise DataError(f"submission.json of {cfg.run_id}: {handle[:80]!r} is not its container")
     _run(["docker", "stop", "--time", "60", handle])
 
 
 # --- k8s: the overlay, rendered by kustomize with the run id, image and settings ---
 
 
-def render_job(cfg, env: dict[str, str], overlay: str, image: str | None) -> str:
-    """The Job manifest for this run: kustomize over k8s/overlays/<overlay>, no templating."""
-    source = K8S_DIR / "overlays" / overlay
-    if not source.is_dir():
-        raise ConfigError(
-            "--overlay", overlay, f"one of {sorted(p.name for p in source.parent.iterdir())}"
-        )
-    skip = SECRET_VARIABLES | {"RUN_ID", "ENV_FILE"}
-    settings = {k: v for k, v in job_variables(env).items() if k not in skip}
+def render_job(cfg: Config, env: dict[str, str], overlay: str, image: str | None) -> str:
+    """The Job manifest for this run: kustomize over k8s/overlays/<overlay>, no templating.
+    Credentials stay in the Secret the manifests name; none is copied into the Job."""
+    overlays = manifests.root() / "overlays"
+    names = sorted(p.name for p in overlays.iterdir() if p.is_dir())
+    if overlay not in names:
+        raise ConfigError("--overlay", overlay, f"one of {', '.join(names)}")
+    if image is not None and not IMAGE_REF.match(image):
+        raise ConfigError("--image", image, "an image reference such as icr.io/ns/mnist-job:tag")
+    settings = forwarded(cfg, env, secrets=False)
+    settings.pop("RUN_ID")  # the manifests take it from the Job's name
     patch = [{"op": "replace", "path": "/metadata/name", "value": cfg.run_id}]
     patch += [
         {
@@ -154,26 +188,30 @@ def render_job(cfg, env: dict[str, str], overlay: str, image: str | None) -> str
             {"name": K8S_IMAGE, "newName": name, **({"newTag": tag} if tag else {})}
         ]
     with tempfile.TemporaryDirectory() as tmp:
-        kustomization["resources"] = [os.path.relpath(source, tmp)]
+        kustomization["resources"] = [os.path.relpath(overlays / overlay, tmp)]
         (Path(tmp) / "kustomization.yaml").write_text(json.dumps(kustomization, indent=2))
         return _run(["kubectl", "kustomize", "--load-restrictor", "LoadRestrictionsNone", tmp])
 
 
-def submit_k8s(cfg, env: dict[str, str], store: Store, overlay: str, image: str | None) -> str:
+def submit_k8s(
+    cfg: Config, env: dict[str, str], store: Store, overlay: str, image: str | None
+) -> str:
     manifest = render_job(cfg, env, overlay, image)
-    record(store, cfg.run_id, "k8s", cfg.run_id, overlay=overlay)
     _run(["kubectl", "apply", "-f", "-"], stdin=manifest)
+    record(store, cfg.run_id, "k8s", cfg.run_id, overlay=overlay)
     return f"Kubernetes Job {cfg.run_id} (overlay {overlay})"
 
 
-def cancel_k8s(handle: str, env: dict[str, str]) -> None:
-    _run(["kubectl", "delete", "job", handle, "--wait=false"])
+def cancel_k8s(handle: str, cfg: Config) -> None:
+    if handle != cfg.run_id:
+        raise DataError(f"submission.json of {cfg.run_id}: handle {handle[:80]!r} is not its Job")
+    _run(["kubectl", "delete", "job", _object_name(handle, "RUN_ID"), "--wait=false"])
 
 
 # --- wml: Watson Machine Learning runs the job package (job.wml, its own environment) ---
 
 
-def submit_wml(cfg, env: dict[str, str], store: Store) -> str:
+def submit_wml(cfg: Config, env: dict[str, str], store: Store) -> str:
     from job import wml
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -183,23 +221,38 @@ def submit_wml(cfg, env: dict[str, str], store: Store) -> str:
     return f"WML training {handle}; the job writes under {started['results_uri']}"
 
 
-def cancel_wml(handle: str, env: dict[str, str]) -> None:
+def cancel_wml(handle: str, cfg: Config) -> None:
     from job import wml
 
-    wml.cancel(handle, env)
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", handle):
+        raise DataError(f"submission.json of {cfg.run_id}: handle {handle[:80]!r} is not a WML id")
+    wml.cancel(handle, cfg)
 
 
 CANCEL = {"local": cancel_local, "docker": cancel_docker, "k8s": cancel_k8s, "wml": cancel_wml}
 
 
 def submission(store: Store, run_id: str) -> dict | None:
-    return RunFiles(store, run_id).read_json(SUBMISSION)
+    """The record `submit` left, checked: a known backend and a text handle."""
+    files = RunFiles(store, run_id)
+    submitted = files.read_json(SUBMISSION)
+    if submitted is None:
+        return None
+    if submitted.get("backend") not in CANCEL or not isinstance(submitted.get("handle"), str):
+        raise DataError(f"{files.where(SUBMISSION)}: no known backend and handle")
+    return submitted
 
 
-def cancel(store: Store, run_id: str, env: dict[str, str]) -> str:
+def cancel(store: Store, cfg: Config) -> str:
+    """Stop `cfg.run_id` through the backend that started it (the run id was validated like
+    RUN_ID: it becomes part of keys and handles)."""
+    run_id = cfg.run_id
+    files = RunFiles(store, run_id)
+    if files.exists(SUCCESS):
+        raise ConfigError("RUN_ID", run_id, "a run that has not finished (it has _SUCCESS)")
     submitted = submission(store, run_id)
     if submitted is None:
         raise ConfigError("RUN_ID", run_id, "a run started by `python -m job submit`")
-    CANCEL[submitted["backend"]](submitted["handle"], env)
-    RunFiles(store, run_id).put_json(CANCELLED, {"run_id": run_id, "cancelled_at": now_iso()})
+    CANCEL[submitted["backend"]](submitted["handle"], cfg)
+    files.put_json(CANCELLED, {"run_id": run_id, "cancelled_at": now_iso()})
     return f"{submitted['backend']} {submitted['handle']}"

@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from job.runs import FAILURE, RunReader
+from job.layout import FAILURE, METRICS
+from job.runs import RunReader
 
 WATCH_EXIT = {"succeeded": 0, "failed": 1, "stalled": 3, "cancelled": 4}
 
@@ -76,17 +77,18 @@ def watch(
     """Follow the run until it ends; `platform_state` (WML) reports the platform's own view,
     so a run that fails before the job starts (or is cancelled there) is reported too."""
     tty = sys.stdout.isatty() if tty is None else tty
-    started = time.monotonic()
+    started = changed = time.monotonic()
     seen: set = set()
     last_platform = None
     while True:
         outcome = reader.outcome()
         if reader.poll_status() and reader.status:
+            changed = time.monotonic()
             for line in progress_lines(reader.status, seen, tty):
                 out(line)
         if outcome == "succeeded":
             files = reader.download(download_to)
-            metrics = json.loads((download_to / "metrics.json").read_text())
+            metrics = json.loads((download_to / METRICS).read_text())
             for line in summary(metrics, download_to):
                 out(line)
             out(f"Downloaded {len(files)} files, hashes match _SUCCESS")
@@ -104,17 +106,22 @@ def watch(
                 out(json.dumps({"event": "platform", "run_id": reader.run_id, "state": state}))
                 last_platform = state
             if state in ("queued", "pending"):
-                started = time.monotonic()  # waiting for capacity is not a stall
+                changed = time.monotonic()  # waiting for capacity is not a stall
             if state in ("failed", "error"):
                 out(f"Run {reader.run_id} failed on the platform: {message or 'no message'}")
                 return WATCH_EXIT["failed"]
             if state == "canceled":
                 out(f"Run {reader.run_id} was cancelled on the platform")
                 return WATCH_EXIT["cancelled"]
+        # A stall is judged on this machine's clock (how long status.json has not changed), and
+        # on the run's own `updated_at` only when that is older: a timestamp in the future (a
+        # skewed or hostile clock) cannot keep a dead run alive.
+        quiet = time.monotonic() - changed
         age = reader.heartbeat_age()
+        stale = max(quiet, age or 0.0)
         waited = time.monotonic() - started
-        if (age if age is not None else waited) > stall_after:
-            shown = f"{age:.0f} s ago" if age is not None else "never"
+        if stale > stall_after:
+            shown = f"{stale:.0f} s ago" if reader.status else "never"
             out(f"Run {reader.run_id} stalled: last heartbeat {shown} (limit {stall_after:.0f} s)")
             return WATCH_EXIT["stalled"]
         if timeout is not None and waited > timeout:

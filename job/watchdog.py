@@ -2,28 +2,28 @@
 
 TensorFlow's collective timeout covers the collective operations themselves; this watchdog
 covers everything else (a peer that never joins, a stuck input pipeline). Training feeds it on
-every batch; if it goes hungry for `timeout` seconds it prints one error line and ends the
-process with exit 75 (transient: a retry resumes from the last checkpoint, already in the store).
+every batch; if it goes hungry for `timeout` seconds it hands a TransientError to `on_stall`,
+which records the failure the same way as any other error (job.context.RunContext.abort:
+`_FAILURE`, the one error line, exit 75) and ends the process: the main thread may be blocked
+inside a collective that nothing else can interrupt.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 import time
+from collections.abc import Callable
 
 import keras
 
-from job import logs
-from job.errors import EXIT_TRANSIENT
+from job.errors import TransientError
 
 
 class Watchdog(keras.callbacks.Callback):
-    def __init__(self, timeout: float, what: str = "a training step") -> None:
+    def __init__(self, timeout: float, on_stall: Callable[[TransientError], None]) -> None:
         super().__init__()
         self.timeout = timeout
-        self.what = what
+        self.on_stall = on_stall
         self._last = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="watchdog", daemon=True)
@@ -44,11 +44,11 @@ class Watchdog(keras.callbacks.Callback):
         while not self._stop.wait(1.0):
             idle = time.monotonic() - self._last
             if idle > self.timeout:
-                logs.get("job.watchdog").error("worker_stalled", idle_seconds=round(idle, 1))
-                print(
-                    f"error: no progress in {self.what} for {idle:.0f} s (COLLECTIVE_TIMEOUT="
-                    f"{self.timeout:.0f}): a peer worker is probably gone",
-                    file=sys.stderr,
-                    flush=True,
+                self.on_stall(
+                    TransientError(
+                        f"no progress in training for {idle:.0f} s (COLLECTIVE_TIMEOUT="
+                        f"{self.timeout:.0f}): a peer worker is probably gone; the last "
+                        "checkpoint is saved, restart all workers to resume"
+                    )
                 )
-                os._exit(EXIT_TRANSIENT)
+                return

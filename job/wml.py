@@ -18,18 +18,14 @@ import shlex
 import zipfile
 from pathlib import Path
 
-from job import __version__
-from job.config import Config, parse_s3_uri
+from job import __version__, layout
+from job.config import HYPERPARAMETERS, Config, Storage, Wml, given
 from job.errors import ConfigError, JobError
 
 PACKAGE = Path(__file__).resolve().parent
 # What the job needs beyond the WML TensorFlow runtime (which has tensorflow, numpy, pillow,
 # matplotlib): pure-Python wheels.
 EXTRA_PACKAGES = ("structlog", "python-dotenv", "boto3")
-HYPERPARAMETERS = (
-    "RECIPE", "EPOCHS", "BATCH_SIZE", "LEARNING_RATE", "PRECISION", "TARGET_ACCURACY", "SEED",
-    "TRAIN_LIMIT", "TEST_LIMIT", "DATASET",
-)  # fmt: skip
 
 
 def package_zip() -> bytes:
@@ -41,54 +37,58 @@ def package_zip() -> bytes:
     return buffer.getvalue()
 
 
+def hyperparameters(env: dict[str, str]) -> dict[str, str]:
+    """The training variables that are set (job.config.HYPERPARAMETERS), as given."""
+    values = given(env)
+    return {k: values[k] for k in HYPERPARAMETERS if k in values}
+
+
 def command(run_id: str, env: dict[str, str]) -> str:
-    settings = {"RUN_ID": run_id, "LOG_FORMAT": "json"}
-    settings |= {k: env[k] for k in HYPERPARAMETERS if env.get(k)}
+    settings = {"RUN_ID": run_id, "LOG_FORMAT": "json", **hyperparameters(env)}
     assigned = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(settings.items()))
     install = "python3 -m pip install --quiet --user " + " ".join(EXTRA_PACKAGES)
     return f"{install} && {assigned} python3 -m job train"
 
 
-def client(env: dict[str, str]):
+def client(wml: Wml):
     from ibm_watson_machine_learning import APIClient
 
-    url = env.get("WML_URL", "").rstrip("/")
-    if not url.startswith("https://"):
-        raise ConfigError("WML_URL", url, "the https:// URL of the WML service")
-    credentials = {"url": url}
-    if env.get("WML_APIKEY"):
-        credentials["apikey"] = env["WML_APIKEY"]
-    elif env.get("WML_TOKEN"):
-        credentials["token"] = env["WML_TOKEN"]
+    if not wml.url:
+        raise ConfigError("WML_URL", "", "the https:// URL of the WML service")
+    credentials = {"url": wml.url.rstrip("/")}
+    if wml.apikey:
+        credentials["apikey"] = wml.apikey
+    elif wml.token:
+        credentials["token"] = wml.token
     else:
         raise ConfigError("WML_APIKEY", "", "an IBM Cloud API key (or WML_TOKEN, a bearer token)")
-    space = env.get("WML_SPACE_ID", "")
-    if not space:
+    if not wml.space_id:
         raise ConfigError("WML_SPACE_ID", "", "the id of the deployment space to train in")
     api = APIClient(credentials)
-    api.set.default_space(space)
+    api.set.default_space(wml.space_id)
     return api
 
 
-def cos_reference(cfg: Config, variable: str, uri: str) -> dict:
-    bucket, path = parse_s3_uri(variable, uri)
+def cos_reference(storage: Storage, location: layout.Location) -> dict:
     return {
         "type": "s3",
         "connection": {
-            "endpoint_url": cfg.cos_endpoint,
-            "access_key_id": cfg.cos_access_key_id,
-            "secret_access_key": cfg.cos_secret_access_key,
+            "endpoint_url": storage.endpoint,
+            "access_key_id": storage.access_key_id,
+            "secret_access_key": storage.secret_access_key,
         },
-        "location": {"bucket": bucket, "path": path or "."},
+        "location": {"bucket": location.bucket, "path": location.path or "."},
     }
 
 
 def submit(cfg: Config, env: dict[str, str], zip_dir: Path) -> dict:
     """Store the model definition and start the training; returns what to record."""
+    locations = {}
     for variable, uri in (("OUTPUT_URI", cfg.output_uri), ("DATA_URI", cfg.data_uri or "")):
-        if not uri.startswith("s3://"):
+        locations[variable] = layout.parse(variable, uri) if uri else None
+        if locations[variable] is None or not locations[variable].is_bucket:
             raise ConfigError(variable, uri, "an s3:// URI: WML reads and writes buckets")
-    api = client(env)
+    api = client(cfg.wml)
     archive = zip_dir / f"mnist-job-{__version__}.zip"
     archive.write_bytes(package_zip())
     names = api.model_definitions.ConfigurationMetaNames
@@ -109,17 +109,14 @@ def submit(cfg: Config, env: dict[str, str], zip_dir: Path) -> dict:
         {
             meta.NAME: f"mnist-job-{cfg.run_id}",
             meta.DESCRIPTION: f"mnist-job run {cfg.run_id}",
-            meta.TRAINING_DATA_REFERENCES: [cos_reference(cfg, "DATA_URI", cfg.data_uri)],
-            meta.TRAINING_RESULTS_REFERENCE: cos_reference(cfg, "OUTPUT_URI", cfg.output_uri),
+            meta.TRAINING_DATA_REFERENCES: [cos_reference(cfg.storage, locations["DATA_URI"])],
+            meta.TRAINING_RESULTS_REFERENCE: cos_reference(cfg.storage, locations["OUTPUT_URI"]),
             meta.MODEL_DEFINITION: {
                 "id": definition_id,
                 "command": run_command,
-                "hardware_spec": {
-                    "name": env.get("WML_HARDWARE_SPEC", "K80"),
-                    "nodes": int(env.get("WML_NODES", "1")),
-                },
-                "software_spec": {"name": env.get("WML_SOFTWARE_SPEC", "tensorflow_rt24.1-py3.11")},
-                "parameters": {k: env[k] for k in HYPERPARAMETERS if env.get(k)},
+                "hardware_spec": {"name": cfg.wml.hardware_spec, "nodes": cfg.wml.nodes},
+                "software_spec": {"name": cfg.wml.software_spec},
+                "parameters": hyperparameters(env),
             },
         },
         asynchronous=True,
@@ -127,7 +124,7 @@ def submit(cfg: Config, env: dict[str, str], zip_dir: Path) -> dict:
     training_id = api.training.get_id(training)
     # WML writes the results reference's files under <path>/<training id>/, mounted as
     # RESULT_DIR; the job puts its run folder <run id>/ inside.
-    results = f"{cfg.output_uri.rstrip('/')}/{training_id}"
+    results = locations["OUTPUT_URI"].child(training_id).uri
     return {"handle": training_id, "results_uri": results, "model_definition": definition_id}
 
 
@@ -140,7 +137,7 @@ def status(api, training_id: str) -> tuple[str, str | None]:
     return state, "; ".join(e.get("message", "") for e in errors) or None
 
 
-def cancel(handle: str, env: dict[str, str]) -> None:
-    result = client(env).training.cancel(handle)
+def cancel(handle: str, cfg: Config) -> None:
+    result = client(cfg.wml).training.cancel(handle)
     if result not in ("SUCCESS", None):
         raise JobError(f"WML did not cancel training {handle}: {result}")

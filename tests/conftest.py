@@ -58,3 +58,18 @@ def start_job(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def train_in_process(
+    tmp_path: Path, mnist_dir: Path, *, store=None, guard=None, **env: str
+) -> tuple[dict, Path]:
+    """One run through `job.train.run` in this process, on real MNIST and a real LocalStore
+    under tmp_path/out (like tensorflow/models' mnist_test): the training path without the
+    cost of a new interpreter and a TensorFlow import. Returns (metrics, run folder)."""
+    from job import config, train
+    from job.store import LocalStore
+
+    cfg = config.from_env({"DATA_URI": str(mnist_dir), "OUTPUT_URI": str(tmp_path / "out"), **env})
+    store = store or LocalStore(tmp_path / "out")
+    result = train.run(cfg, store=store, guard=guard)
+    return result, tmp_path / "out" / cfg.run_id

@@ -1,15 +1,19 @@
+import dataclasses
+import json
 import re
 
 import pytest
 
 from job import config
 from job.errors import EXIT_CONFIG, ConfigError
+from tests.conftest import ROOT
 
 
 def test_defaults_come_from_the_fast_recipe():
     cfg = config.from_env({})
-    assert (cfg.recipe, cfg.epochs, cfg.batch_size, cfg.learning_rate) == ("fast", 20, 512, 0.003)
-    assert cfg.dataset == "mnist" and cfg.output_uri == "./runs"
+    t = cfg.training
+    assert (t.recipe, t.epochs, t.batch_size, t.learning_rate) == ("fast", 20, 512, 0.003)
+    assert t.dataset == "mnist" and cfg.output_uri == "./runs"
     assert config.RUN_ID_RE.match(cfg.run_id)
     assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", cfg.run_id)
 
@@ -30,13 +34,15 @@ def test_values_are_parsed_and_typed():
             "LOG_FORMAT": "json",
         }
     )
-    assert cfg.run_id == "nightly-42" and cfg.dataset == "fashion_mnist"
-    assert (cfg.epochs, cfg.batch_size, cfg.learning_rate) == (3, 256, 0.003)
-    assert cfg.train_limit == 100 and cfg.test_limit is None
+    t = cfg.training
+    assert cfg.run_id == "nightly-42" and t.dataset == "fashion_mnist"
+    assert (t.epochs, t.batch_size, t.learning_rate) == (3, 256, 0.003)
+    assert t.train_limit == 100 and t.test_limit is None and cfg.logging.format == "json"
 
 
 def test_empty_values_count_as_unset():
-    assert config.from_env({"EPOCHS": "", "DATA_URI": "  "}).epochs == 20
+    cfg = config.from_env({"EPOCHS": "", "DATA_URI": "  "})
+    assert cfg.training.epochs == 20 and cfg.data_uri is None
 
 
 @pytest.mark.parametrize(
@@ -58,6 +64,15 @@ def test_empty_values_count_as_unset():
         ({"RECIPE": "turbo"}, "RECIPE"),
         ({"PRECISION": "int8"}, "PRECISION"),
         ({"TARGET_ACCURACY": "1.5"}, "TARGET_ACCURACY"),
+        # Strict parsing: ASCII digits only, no separators, sane ranges.
+        ({"EPOCHS": "1_0"}, "EPOCHS"),
+        ({"EPOCHS": "\u0661\u0662"}, "EPOCHS"),  # Arabic-Indic digits, which int() accepts
+        ({"LEARNING_RATE": "1e-320"}, "LEARNING_RATE"),
+        ({"LEARNING_RATE": "0x1p-3"}, "LEARNING_RATE"),
+        ({"JOB_NAME": "x\nCOS_ENDPOINT=http://evil"}, "JOB_NAME"),
+        ({"COS_ACCESS_KEY_ID": "s"}, "COS_ACCESS_KEY_ID"),
+        ({"WML_URL": "http://plain"}, "WML_URL"),
+        ({"WML_NODES": "0"}, "WML_NODES"),
     ],
 )
 def test_bad_values_name_the_variable(env, variable):
@@ -85,12 +100,76 @@ def test_dotenv_fills_in_but_process_environment_wins(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".env").write_text("EPOCHS=3\nBATCH_SIZE=64\n")
     cfg = config.load({"BATCH_SIZE": "32"})
-    assert (cfg.epochs, cfg.batch_size) == (3, 32)
+    assert (cfg.training.epochs, cfg.training.batch_size) == (3, 32)
 
 
 def test_env_file_names_another_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "prod.env").write_text("EPOCHS=7\n")
-    assert config.load({"ENV_FILE": str(tmp_path / "prod.env")}).epochs == 7
+    assert config.load({"ENV_FILE": str(tmp_path / "prod.env")}).training.epochs == 7
     with pytest.raises(ConfigError, match="ENV_FILE"):
         config.load({"ENV_FILE": str(tmp_path / "missing.env")})
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b'EPOCHS="unterminated\n', "line 1"),
+        (b"EPOCHS=3\n\xff\xfe=bad\n", "UTF-8"),
+    ],
+)
+def test_a_broken_env_file_is_refused_not_half_read(tmp_path, content, expected):
+    (tmp_path / "bad.env").write_bytes(content)
+    with pytest.raises(ConfigError, match=expected) as err:
+        config.load({"ENV_FILE": str(tmp_path / "bad.env")})
+    assert err.value.variable == "ENV_FILE"
+
+
+def test_a_control_character_in_a_secret_is_not_echoed():
+    with pytest.raises(ConfigError) as err:
+        config.from_env({"COS_SECRET_ACCESS_KEY": "abcdefgh\nijkl"})
+    assert "abcdefgh" not in str(err.value)
+
+
+def test_the_config_imports_nothing_of_the_job_but_errors():
+    source = (ROOT / "job" / "config.py").read_text()
+    imported = set(re.findall(r"^\s*(?:from|import) (job[\w.]*)", source, re.M))
+    assert imported == {"job.errors"}
+
+
+def test_every_section_field_has_its_variable():
+    """The table and the dataclasses agree: no field without a variable, no variable without
+    a home (except the ones read by code named in their meaning: the cluster inputs, ENV_FILE)."""
+    homes = {(v.section, v.attr) for v in config.VARIABLES if v.attr}
+    sections = {
+        "": config.Config, "training": config.Training, "storage": config.Storage,
+        "distribution": config.Distribution, "logging": config.Logging, "wml": config.Wml,
+    }  # fmt: skip
+    recipe_fields = set(config.RECIPES["fast"]) - {"epochs", "batch_size", "learning_rate",
+                                                  "precision"}  # fmt: skip
+    for section, cls in sections.items():
+        for f in dataclasses.fields(cls):
+            nested = f.name in sections or f.name in ("cluster",)
+            if nested or (section == "training" and f.name in recipe_fields):
+                continue
+            assert (section, f.name) in homes, f"{cls.__name__}.{f.name} has no variable"
+
+
+def test_secrets_and_hyperparameters_are_derived_from_the_table():
+    assert {"COS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "WML_APIKEY"} <= config.SECRET_NAMES
+    assert "EPOCHS" in config.HYPERPARAMETERS and "COS_ENDPOINT" not in config.HYPERPARAMETERS
+    cfg = config.from_env({"COS_ACCESS_KEY_ID": "AKIDEXAMPLE1", "WML_TOKEN": "tok-123456789"})
+    assert sorted(cfg.secrets()) == ["AKIDEXAMPLE1", "tok-123456789"]
+    shown = json.dumps(cfg.redacted())
+    assert "AKIDEXAMPLE1" not in shown and "tok-123456789" not in shown
+
+
+def test_readme_variable_table_is_the_config_table():
+    readme = (ROOT / "README.md").read_text()
+    begin, end = "<!-- variables:begin -->\n", "<!-- variables:end -->"
+    assert begin in readme and end in readme, "README lost its generated table markers"
+    table = readme.split(begin, 1)[1].split(end, 1)[0]
+    assert table == config.markdown_table(), (
+        "README's table differs from job.config.VARIABLES: paste "
+        "`python -m job config --table` between the markers"
+    )

@@ -3,7 +3,7 @@ import gzip
 import numpy as np
 import pytest
 
-from job import data
+from job import data, layout
 from job.errors import DataError
 
 # Figures for real MNIST from DESIGN.md.
@@ -46,7 +46,8 @@ def test_npz_and_gzip_layouts_load_the_same_arrays(mnist_dir, tmp_path):
     gz.mkdir()
     for key, stem in data.IDX_FILES.items():
         (gz / f"{stem}.gz").write_bytes(gzip.compress(idx_bytes(arrays[key])))
-    for source in (tmp_path / "mnist.npz", gz, f"file://{gz}"):
+    file_uri = layout.parse("DATA_URI", f"file://{gz}").path
+    for source in (tmp_path / "mnist.npz", gz, file_uri):
         loaded = data.load("mnist", str(source))
         assert all(np.array_equal(getattr(loaded, k), arrays[k]) for k in data.IDX_FILES)
 

@@ -180,11 +180,8 @@ def test_multiworker_is_an_indexed_job_behind_a_headless_service(tmp_path):
         pod_env["JOB_COMPLETION_INDEX"] = str(index)
         proc = run_job("config", env=job_env(**pod_env), cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
-        tf_config = json.loads(json.loads(proc.stdout)["tf_config"])
-        assert tf_config == {
-            "cluster": {"worker": expected},
-            "task": {"type": "worker", "index": index},
-        }
+        cluster = json.loads(proc.stdout)["distribution"]["cluster"]
+        assert cluster == {"spec": {"worker": expected}, "task_type": "worker", "task_index": index}
 
 
 def test_cronjob_settings():
@@ -226,6 +223,7 @@ def container_env(docs: list[dict], secrets: dict[str, str], job_name: str) -> d
     return env
 
 
+@pytest.mark.slow
 def test_job_runs_with_exactly_the_manifest_environment(s3_endpoint, tmp_path, mnist_dir):
     docs = render("cpu")
     secrets = {

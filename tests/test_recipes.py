@@ -10,28 +10,24 @@ import numpy as np
 import pytest
 
 from job import config, precision
+from job.config import RECIPES
 from job.errors import ConfigError
-from job.recipes import RECIPES, steps_per_execution
-from tests.conftest import job_env, run_job
+from job.plan import steps_per_execution
+from tests.conftest import train_in_process
 
 
 def test_seed_recipe_is_the_notebook():
-    cfg = config.from_env({"RECIPE": "seed"})
-    assert (cfg.epochs, cfg.batch_size, cfg.learning_rate, cfg.precision) == (
-        12,
-        128,
-        0.001,
-        "float32",
-    )
-    seed = RECIPES["seed"]
-    assert (seed.schedule, seed.augment, seed.label_smoothing) == ("constant", False, 0.0)
-    assert (seed.pipeline, seed.max_steps_per_execution) == ("numpy", 1)
+    t = config.from_env({"RECIPE": "seed"}).training
+    assert (t.epochs, t.batch_size, t.learning_rate, t.precision) == (12, 128, 0.001, "float32")
+    assert (t.schedule, t.augment, t.label_smoothing) == ("constant", False, 0.0)
+    assert (t.pipeline, t.max_steps_per_execution) == ("numpy", 1)
+    assert set(RECIPES["seed"]) == set(RECIPES["fast"]), "every recipe sets the same fields"
 
 
 def test_fast_is_the_default_and_explicit_values_win():
-    assert config.from_env({}).recipe == "fast"
-    cfg = config.from_env({"RECIPE": "seed", "EPOCHS": "3", "PRECISION": "bfloat16"})
-    assert (cfg.epochs, cfg.batch_size, cfg.precision) == (3, 128, "bfloat16")
+    assert config.from_env({}).training.recipe == "fast"
+    t = config.from_env({"RECIPE": "seed", "EPOCHS": "3", "PRECISION": "bfloat16"}).training
+    assert (t.epochs, t.batch_size, t.precision, t.pipeline) == (3, 128, "bfloat16", "numpy")
 
 
 def test_seed_recipe_compiles_the_notebook_model(mnist_dir):
@@ -41,15 +37,16 @@ def test_seed_recipe_compiles_the_notebook_model(mnist_dir):
     from job.model import build_model, compile_model, learning_rate
     from job.plan import training_plan
 
-    cfg = config.from_env({"RECIPE": "seed", "TRAIN_LIMIT": "1000", "TEST_LIMIT": "100"})
+    t = config.from_env({"RECIPE": "seed", "TRAIN_LIMIT": "1000", "TEST_LIMIT": "100"}).training
     ds = data.load("mnist", str(mnist_dir)).limited(1000, 100)
-    recipe = RECIPES[cfg.recipe]
-    plan = training_plan(cfg, recipe, ds)
+    plan = training_plan(t, ds)
     assert (plan.batch_size, plan.steps_per_epoch, plan.steps_per_execution) == (128, 8, 1)
-    assert plan.fit_args["x"].shape == (1000, 28, 28, 1) and plan.fit_args["batch_size"] == 128
+    x = plan.fit_args["x"]
+    assert x.shape == (1000, 28, 28, 1) and x.dtype == np.uint8, "raw digits: the model scales"
+    assert plan.fit_args["batch_size"] == 128
     model = build_model()
-    rate = learning_rate(cfg.learning_rate, recipe.schedule, 8, cfg.epochs, recipe.warmup_epochs)
-    compile_model(model, rate, label_smoothing=recipe.label_smoothing)
+    rate = learning_rate(t.learning_rate, t.schedule, 8, t.epochs, t.warmup_epochs)
+    compile_model(model, rate, label_smoothing=t.label_smoothing)
     opt = model.optimizer
     assert isinstance(opt, keras.optimizers.RMSprop)
     assert float(opt.learning_rate) == pytest.approx(0.001)
@@ -57,8 +54,9 @@ def test_seed_recipe_compiles_the_notebook_model(mnist_dir):
     assert model.loss.get_config()["label_smoothing"] == 0.0
     assert model.count_params() == 693_962
     assert [type(layer).__name__ for layer in model.layers] == [
-        "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dropout", "Dense",
+        "Rescaling", "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dropout", "Dense",
     ]  # fmt: skip
+    assert model.inputs[0].dtype == "uint8" and model.layers[0].scale == pytest.approx(1 / 255)
     assert all(layer.dtype_policy.name == "float32" for layer in model.layers)
 
 
@@ -85,7 +83,7 @@ FLAG_SETS = [set(), {"avx512f"}, {"amx_bf16", "amx_tile"}, {"avx512_bf16"}]
 
 
 @pytest.mark.parametrize(
-    ("requested", "flags"), list(itertools.product(precision.PRECISIONS, FLAG_SETS))
+    ("requested", "flags"), list(itertools.product(config.PRECISIONS, FLAG_SETS))
 )
 def test_never_float16_on_a_cpu(requested, flags):
     if requested == "float16":
@@ -145,20 +143,13 @@ def test_training_dataset_drops_the_remainder_and_one_hots(mnist_dir):
     assert np.all(y.numpy().sum(axis=1) == 1)
 
 
+@pytest.mark.slow
 def test_target_accuracy_stops_training(tmp_path, mnist_dir):
-    env = job_env(
-        RUN_ID="target",
-        RECIPE="seed",
-        DATA_URI=str(mnist_dir),
-        OUTPUT_URI=str(tmp_path / "out"),
-        TRAIN_LIMIT="3000",
-        TEST_LIMIT="500",
-        EPOCHS="20",
-        TARGET_ACCURACY="0.9",
-    )
-    proc = run_job("train", env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    m = json.loads((tmp_path / "out" / "target" / "metrics.json").read_text())
+    m, run_dir = train_in_process(
+        tmp_path, mnist_dir, RUN_ID="target", RECIPE="seed", TRAIN_LIMIT="3000",
+        TEST_LIMIT="500", EPOCHS="20", TARGET_ACCURACY="0.9",
+    )  # fmt: skip
+    assert json.loads((run_dir / "metrics.json").read_text()) == m
     accuracies = [h["val_accuracy"] for h in m["history"]]
     assert m["epochs_completed"] < 20
     assert accuracies[-1] >= 0.9 and all(a < 0.9 for a in accuracies[:-1])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from job import bucket as bucket_mod
-from job import config, data
+from job import config, data, layout
 from job.errors import EXIT_CONFIG, EXIT_PREEMPTED, EXIT_TRANSIENT, ConfigError, TransientError
 from tests.conftest import job_env, run_job, start_job
 from tests.faultproxy import FaultProxy, Faults
@@ -21,7 +21,7 @@ from tests.test_data import idx_bytes
 
 def store_for(endpoint: str, uri: str, **env: str):
     cfg = config.from_env({**cos_env(endpoint, **env), "OUTPUT_URI": uri})
-    return bucket_mod.S3Store(cfg, uri)
+    return bucket_mod.S3Store(cfg.storage, layout.parse("OUTPUT_URI", uri))
 
 
 @pytest.fixture(scope="module")
@@ -109,27 +109,33 @@ def test_unreachable_endpoint_is_transient(bucket):
         ("OUTPUT_URI", "s3://ab/x"),
         ("DATA_URI", "s3://bad..name/x"),
         ("DATA_URI", "gs://bucket/x"),
+        ("OUTPUT_URI", "s3:/bucket/x"),  # a typo must not become a local folder "s3:"
+        ("OUTPUT_URI", "S3://bucket/x"),
+        ("OUTPUT_URI", "s3://bucket/../x"),
+        ("OUTPUT_URI", "/tmp/" + "x" * 2000),
     ],
 )
-def test_malformed_uris_fail_in_config(variable, uri):
+def test_malformed_uris_fail_before_anything_runs(variable, uri):
     with pytest.raises(ConfigError) as err:
-        config.from_env({**cos_env("http://127.0.0.1:1"), variable: uri})
+        layout.check(config.from_env({**cos_env("http://127.0.0.1:1"), variable: uri}))
     assert err.value.variable == variable
 
 
 def test_s3_uri_needs_keys():
     with pytest.raises(ConfigError, match="COS_ACCESS_KEY_ID"):
-        config.from_env({"OUTPUT_URI": "s3://bucket/x"})
+        layout.check(config.from_env({"OUTPUT_URI": "s3://bucket/x"}))
 
 
 def test_aws_variables_are_fallbacks():
     cfg = config.from_env(
-        {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b", "AWS_ENDPOINT_URL": "http://h:1"}
-    )
-    assert (cfg.cos_access_key_id, cfg.cos_secret_access_key, cfg.cos_endpoint) == (
-        "a", "b", "http://h:1",
+        {"AWS_ACCESS_KEY_ID": "akid-0001", "AWS_SECRET_ACCESS_KEY": "secret-0001",
+         "AWS_ENDPOINT_URL": "http://h:1"}
     )  # fmt: skip
-    assert cfg.redacted()["cos_secret_access_key"] == "***"
+    s = cfg.storage
+    assert (s.access_key_id, s.secret_access_key, s.endpoint) == (
+        "akid-0001", "secret-0001", "http://h:1",
+    )  # fmt: skip
+    assert cfg.redacted()["storage"]["secret_access_key"] == "***"
 
 
 # --- the job end to end ---

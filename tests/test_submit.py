@@ -40,6 +40,7 @@ def contract(s3_endpoint, bucket, mnist_dir):
     )
 
 
+@pytest.mark.slow
 def test_submit_local_wait_follows_every_epoch_and_downloads(
     contract, s3_endpoint, bucket, tmp_path
 ):
@@ -85,6 +86,7 @@ def start_long_local_run(run_id: str, contract: dict, endpoint: str, bucket: str
     raise AssertionError(f"{run_id} never finished an epoch")
 
 
+@pytest.mark.slow
 def test_watch_reports_a_killed_run_as_stalled(contract, s3_endpoint, bucket, tmp_path):
     submission = start_long_local_run("sub-killed", contract, s3_endpoint, bucket, tmp_path)
     os.kill(int(submission["handle"]), signal.SIGKILL)
@@ -93,6 +95,7 @@ def test_watch_reports_a_killed_run_as_stalled(contract, s3_endpoint, bucket, tm
     assert "stalled: last heartbeat" in proc.stdout
 
 
+@pytest.mark.slow
 def test_cancel_stops_a_local_run(contract, s3_endpoint, bucket, tmp_path):
     start_long_local_run("sub-cancel", contract, s3_endpoint, bucket, tmp_path)
     cancelled = run_job("cancel", "sub-cancel", env=contract, cwd=tmp_path)
@@ -107,6 +110,7 @@ def test_cancel_stops_a_local_run(contract, s3_endpoint, bucket, tmp_path):
     assert status["state"] == "preempted"
 
 
+@pytest.mark.slow
 def test_runs_lists_state_and_accuracy(tmp_path, mnist_dir):
     env = job_env(
         OUTPUT_URI=str(tmp_path / "out"), DATA_URI=str(mnist_dir), RECIPE="seed",

@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import queue
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 
@@ -129,18 +131,47 @@ def run_as_wml_would(standin: WMLStandIn, submission: dict, env: dict, cwd) -> N
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
+def stdout_lines(proc: subprocess.Popen) -> queue.Queue[str | None]:
+    """The process's stdout lines as they are printed (None once it is closed)."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+@pytest.mark.slow
 def test_watch_follows_queued_running_completed(standin, wml_env, tmp_path):
     training_id, submission = submit("wml-ok", wml_env, tmp_path)
-    watcher = subprocess.Popen(
-        [str(WML_PYTHON), "-m", "job", "watch", "wml-ok", "--interval", "0.2",
-         "--stall-after", "300", "--dest", str(tmp_path / "got")],
-        env=wml_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    time.sleep(2)
+    err_file = tmp_path / "watch.err"
+    with err_file.open("w") as err_sink:
+        watcher = subprocess.Popen(
+            [str(WML_PYTHON), "-m", "job", "watch", "wml-ok", "--interval", "0.2",
+             "--stall-after", "300", "--dest", str(tmp_path / "got")],
+            env=wml_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=err_sink, text=True,
+        )  # fmt: skip
+    lines = stdout_lines(watcher)
+    # Move the training on only once the watcher has reported it queued.
+    seen: list[str] = []
+    deadline = time.monotonic() + 120
+    while not any('"platform"' in line and '"queued"' in line for line in seen):
+        try:
+            line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            watcher.kill()
+            pytest.fail(f"watch never reported queued: {seen} {err_file.read_text()}")
+        assert line is not None, f"watch ended early: {seen} {err_file.read_text()}"
+        seen.append(line)
     standin.set_state(training_id, "running")
     run_as_wml_would(standin, submission, wml_env, tmp_path)
     standin.set_state(training_id, "completed")
-    out, err = watcher.communicate(timeout=300)
+    watcher.wait(timeout=300)
+    out = "".join(seen + list(iter(lambda: lines.get(timeout=30), None)))
+    err = err_file.read_text()
     assert watcher.returncode == 0, out + err
     states = [json.loads(line)["state"] for line in out.splitlines() if '"platform"' in line]
     assert states[:2] == ["queued", "running"]

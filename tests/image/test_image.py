@@ -20,6 +20,8 @@ from tests.s3 import all_objects, cos_env
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "localhost/mnist-job:image-test"
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
+# Needs podman; the first test also builds the image (the fixture allows 30 min for that).
+pytestmark = [pytest.mark.container, pytest.mark.timeout(2700)]
 SMALL = ["-e", "TRAIN_LIMIT=2000", "-e", "TEST_LIMIT=500", "-e", "EPOCHS=2", "-e", "BATCH_SIZE=128"]
 
 
@@ -65,6 +67,7 @@ def test_process_runs_as_non_root(image):
     assert proc.returncode == 0 and proc.stdout.startswith("uid=10001"), proc.stdout
 
 
+@pytest.mark.slow
 def test_trains_to_a_mounted_folder_read_only(image, tmp_path):
     out = tmp_path / "runs"
     out.mkdir()
@@ -86,6 +89,7 @@ def test_trains_to_a_mounted_folder_read_only(image, tmp_path):
     assert {p.stat().st_uid for p in run.rglob("*") if p.is_file()} == {10001}
 
 
+@pytest.mark.slow
 def test_trains_to_s3_on_the_host(image, s3_endpoint, bucket, tmp_path):
     # Credentials go in an env file, never on the command line.
     env_file = tmp_path / "cos.env"

@@ -1,0 +1,147 @@
+"""The plumbing of one training run, in one object, so job.train reads like the notebook.
+
+A RunContext holds the run's stores (the shared one, and what this process publishes to: the
+same store for the chief, throw-away scratch for other workers), the epoch history, the
+checkpointer, the preemption guard, the strategy's scope and a scratch folder. As a context
+manager it writes the start record on entry and, on the way out of a failure, `_FAILURE` (or
+the `preempted` status) exactly once, whoever notices the failure first: the main thread or
+the multi-worker watchdog (`abort`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import socket
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+from job import __version__, layout, logs
+from job.callbacks import History
+from job.checkpoint import Checkpointer
+from job.config import Config
+from job.errors import ConfigError, JobError
+from job.layout import METRICS
+from job.preemption import Preempted, PreemptionGuard
+from job.publish import RunPublisher, now_iso
+from job.store import LocalStore, Store
+
+
+def run_record(config: Config) -> dict:
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    return {
+        "run_id": config.run_id,
+        "started_at": now_iso(),
+        "config": config.redacted(),
+        "host": socket.gethostname(),
+        "versions": {
+            "job": __version__,
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "numpy": np.__version__,
+        },
+    }
+
+
+class RunContext:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: Store | None = None,
+        strategy=None,
+        guard: PreemptionGuard | None = None,
+    ) -> None:
+        self.config = config
+        self.strategy = strategy
+        self.replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+        self.guard = guard or PreemptionGuard()
+        self.shared = RunPublisher(
+            store or layout.open_store(config.output_uri, config.storage), config.run_id
+        )
+        self.publisher = self.shared
+        self.history = History()
+        self.log = logs.get("job.train")
+        self._stack = contextlib.ExitStack()
+        self._end = threading.Lock()
+        self._ended = False
+
+    def published_metrics(self) -> dict:
+        return self.shared.read_json(METRICS) or {}
+
+    def __enter__(self) -> RunContext:
+        try:
+            scratch = tempfile.TemporaryDirectory(
+                prefix=f"mnist-job-{self.config.run_id}-", dir=self.config.work_dir
+            )
+        except OSError as exc:
+            raise ConfigError(
+                "WORK_DIR", self.config.work_dir, f"a writable folder ({exc.strerror})"
+            ) from None
+        self.scratch = Path(self._stack.enter_context(scratch))
+        if not self.config.is_chief:
+            # Only the chief publishes; the other workers go through the same steps (their
+            # collectives need them) and write into scratch space that disappears.
+            self.publisher = RunPublisher(LocalStore(self.scratch / "worker"), self.config.run_id)
+        self.checkpointer = Checkpointer(
+            self.shared, self.publisher, self.scratch / "checkpoint", self.history
+        )
+        try:
+            self.publisher.start(run_record(self.config))
+        except BaseException:
+            self._stack.close()
+            raise
+        self.log.info("run_started", location=self.publisher.location, chief=self.config.is_chief)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if isinstance(exc, Preempted):
+                self.log.warning("preempted", signal=exc.signame)
+                self.end("preempted", str(exc))
+            elif exc is not None:
+                self.end("failed", f"{type(exc).__name__}: {exc}")
+        finally:
+            self._stack.close()
+
+    def scope(self):
+        """The strategy's scope: variables created inside belong to the strategy."""
+        return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
+
+    def publish(self, folder: Path, result: dict, headline: dict) -> None:
+        manifest = self.publisher.publish(
+            folder, epoch=result["epochs_completed"], epochs=result["epochs"], metrics=headline
+        )
+        self.checkpointer.clear()
+        self.log.info(
+            "run_published", location=self.publisher.location, files=len(manifest["files"])
+        )
+
+    def end(self, state: str, reason: str) -> None:
+        """Record how the run ended, once. Best effort: the store may be what failed."""
+        with self._end:
+            if self._ended:
+                return
+            self._ended = True
+            reason = logs.scrub(reason, self.config.secrets())
+            try:
+                if state == "failed":
+                    self.publisher.fail(reason, epoch=len(self.history), last_log=logs.recent())
+                else:
+                    self.publisher.status(state, reason=reason, epoch=len(self.history))
+            except JobError as exc:
+                self.log.error("cannot_record_end", state=state, error=str(exc))
+
+    def abort(self, error: JobError) -> None:
+        """End the process from another thread (the watchdog) through the same exit path as the
+        main thread: `_FAILURE`, one error line, the error's exit code."""
+        self.end("failed", f"{type(error).__name__}: {error}")
+        print(logs.error_line(str(error), self.config.secrets()), file=sys.stderr, flush=True)
+        os._exit(error.exit_code)
