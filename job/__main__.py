@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
         help="start a run on a backend (local, docker, k8s, wml) and optionally follow it",
         description="Start a training run with the job's environment contract (the same "
         "variables as `train`, read from the environment and .env) on a backend, record "
-        "how it was started in <OUTPUT_URI>/<RUN_ID>/submission.json, print the run id and "
+        f"how it was started in <OUTPUT_URI>/<RUN_ID>/{layout.SUBMISSION}, print the run id and "
         "where results will appear. With --wait, follow it like `watch`.",
     )
     sub_.add_argument("--backend", choices=("local", "docker", "k8s", "wml"), required=True)
@@ -77,7 +77,7 @@ def _watch_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_watch(cfg: config_mod.Config, args: argparse.Namespace) -> int:
-    from job.layout import open_store, safe_key
+    from job.layout import open_store
     from job.runs import RunReader
     from job.submit import submission
     from job.watch import watch
@@ -89,7 +89,7 @@ def cmd_watch(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         from job import wml
 
         # WML: the job's run folder is inside WML's results, <OUTPUT_URI>/<training id>/.
-        training_id = safe_key(submitted["handle"], f"submission.json of {cfg.run_id}")
+        training_id = submitted["handle"]  # checked by submission(): a WML id
         store = open_store(layout.run_uri(cfg.output_uri, training_id), cfg.storage)
         api = wml.client(cfg.wml)
 

@@ -61,6 +61,9 @@ class S3Store:
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
 
+    def _where(self, key: str) -> str:
+        return Location(self._key(key), self.bucket).uri
+
     @contextlib.contextmanager
     def _errors(self, action: str, key: str):
         """Translate botocore's exceptions into the job's errors (and exit codes)."""
@@ -83,7 +86,7 @@ class S3Store:
     def _unreachable(self, action: str, key: str, exc: BaseException) -> TransientError:
         # Connection refused, DNS, timeouts, dropped connections: after all retries.
         return TransientError(
-            f"cannot {action} s3://{self.bucket}/{self._key(key)} at COS_ENDPOINT="
+            f"cannot {action} {self._where(key)} at COS_ENDPOINT="
             f"{self.endpoint}: {type(exc).__name__}"
         )
 
@@ -91,7 +94,7 @@ class S3Store:
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        where = f"s3://{self.bucket}/{self._key(key)}"
+        where = self._where(key)
         if code == "NoSuchBucket":
             return ConfigError(
                 self.variable, self.uri, f"an existing bucket (no bucket {self.bucket!r})"

@@ -83,9 +83,9 @@ class RunReader(RunFiles):
                 raise DataError(f"{self.where(SUCCESS)}: {name!r} leaves {dest}")
             raw = self.store.get_bytes(self.key(name))
             if raw is None:
-                raise JobError(f"{self.where(name)} is listed in _SUCCESS but missing")
+                raise JobError(f"{self.where(name)} is listed in {SUCCESS} but missing")
             if sha256_bytes(raw) != entry["sha256"]:
-                raise DataError(f"{self.where(name)}: SHA-256 differs from _SUCCESS")
+                raise DataError(f"{self.where(name)}: SHA-256 differs from {SUCCESS}")
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
             with os.fdopen(fd, "wb") as fh:

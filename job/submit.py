@@ -28,7 +28,6 @@ from job.publish import now_iso
 from job.store import Store
 
 K8S_IMAGE = "icr.io/mnist/mnist-job"  # the name the overlays give the image
-OBJECT_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
 IMAGE_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
 
 
@@ -67,12 +66,6 @@ def record(store: Store, run_id: str, backend: str, handle: str, **extra: object
     RunFiles(store, run_id).put_json(SUBMISSION, {**body, **extra})
 
 
-def _object_name(value: str, what: str) -> str:
-    if not OBJECT_NAME.match(value):
-        raise ConfigError(what, value, "a lower-case object name ([a-z0-9.-])")
-    return value
-
-
 # --- local: a child process ---
 
 
@@ -103,11 +96,8 @@ def _our_process(pid: int, run_id: str) -> bool:
 
 
 def cancel_local(handle: str, cfg: Config) -> None:
-    run_id = cfg.run_id
-    if not handle.isascii() or not handle.isdigit() or int(handle) <= 1:
-        raise DataError(f"submission.json of {run_id}: handle {handle[:40]!r} is not a PID")
-    if not _our_process(int(handle), run_id):
-        raise ConfigError("RUN_ID", run_id, f"a running local run (process {handle} is not it)")
+    if not _our_process(int(handle), cfg.run_id):
+        raise ConfigError("RUN_ID", cfg.run_id, f"a running local run (process {handle} is not it)")
     os.kill(int(handle), signal.SIGTERM)  # the job checkpoints and exits 143
 
 
@@ -144,8 +134,6 @@ def submit_docker(cfg: Config, env: dict[str, str], store: Store, image: str, gp
 
 
 def cancel_docker(handle: str, cfg: Config) -> None:
-    if handle != f"mnist-job-{cfg.run_id}":
-        raise DataError(f"submission.json of {cfg.run_id}: {handle[:80]!r} is not its container")
     _run(["docker", "stop", "--time", "60", handle])
 
 
@@ -203,9 +191,7 @@ def submit_k8s(
 
 
 def cancel_k8s(handle: str, cfg: Config) -> None:
-    if handle != cfg.run_id:
-        raise DataError(f"submission.json of {cfg.run_id}: handle {handle[:80]!r} is not its Job")
-    _run(["kubectl", "delete", "job", _object_name(handle, "RUN_ID"), "--wait=false"])
+    _run(["kubectl", "delete", "job", handle, "--wait=false"])
 
 
 # --- wml: Watson Machine Learning runs the job package (job.wml, its own environment) ---
@@ -224,22 +210,35 @@ def submit_wml(cfg: Config, env: dict[str, str], store: Store) -> str:
 def cancel_wml(handle: str, cfg: Config) -> None:
     from job import wml
 
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,128}", handle):
-        raise DataError(f"submission.json of {cfg.run_id}: handle {handle[:80]!r} is not a WML id")
     wml.cancel(handle, cfg)
 
 
 CANCEL = {"local": cancel_local, "docker": cancel_docker, "k8s": cancel_k8s, "wml": cancel_wml}
 
 
+def _valid_handle(backend: str, handle: str, run_id: str) -> bool:
+    """What each backend's handle must look like for this run, before it becomes a process id
+    or a command argument (a store may hold anything)."""
+    if backend == "local":
+        return handle.isascii() and handle.isdigit() and int(handle) > 1
+    if backend == "docker":
+        return handle == f"mnist-job-{run_id}"
+    if backend == "k8s":
+        return handle == run_id
+    return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}", handle) is not None  # a WML id
+
+
 def submission(store: Store, run_id: str) -> dict | None:
-    """The record `submit` left, checked: a known backend and a text handle."""
+    """The record `submit` left, checked: a known backend and that backend's handle."""
     files = RunFiles(store, run_id)
     submitted = files.read_json(SUBMISSION)
     if submitted is None:
         return None
-    if submitted.get("backend") not in CANCEL or not isinstance(submitted.get("handle"), str):
+    backend, handle = submitted.get("backend"), submitted.get("handle")
+    if backend not in CANCEL or not isinstance(handle, str):
         raise DataError(f"{files.where(SUBMISSION)}: no known backend and handle")
+    if not _valid_handle(backend, handle, run_id):
+        raise DataError(f"{files.where(SUBMISSION)}: {handle[:80]!r} is not a {backend} handle")
     return submitted
 
 
@@ -249,7 +248,7 @@ def cancel(store: Store, cfg: Config) -> str:
     run_id = cfg.run_id
     files = RunFiles(store, run_id)
     if files.exists(SUCCESS):
-        raise ConfigError("RUN_ID", run_id, "a run that has not finished (it has _SUCCESS)")
+        raise ConfigError("RUN_ID", run_id, f"a run that has not finished (it has {SUCCESS})")
     submitted = submission(store, run_id)
     if submitted is None:
         raise ConfigError("RUN_ID", run_id, "a run started by `python -m job submit`")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from job.layout import FAILURE, METRICS
+from job.layout import FAILURE, METRICS, SUCCESS
 from job.runs import RunReader
 
 WATCH_EXIT = {"succeeded": 0, "failed": 1, "stalled": 3, "cancelled": 4}
@@ -91,7 +91,7 @@ def watch(
             metrics = json.loads((download_to / METRICS).read_text())
             for line in summary(metrics, download_to):
                 out(line)
-            out(f"Downloaded {len(files)} files, hashes match _SUCCESS")
+            out(f"Downloaded {len(files)} files, hashes match {SUCCESS}")
             return WATCH_EXIT["succeeded"]
         if outcome == "failed":
             failure = reader.read_json(FAILURE) or {}
