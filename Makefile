@@ -20,7 +20,7 @@ REVISION := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 CPU_BASE := python:3.11-slim
 
-.PHONY: help venv venv-wml data train test lint format lock bench bench-short image image-test clean
+.PHONY: help venv venv-wml data train test lint format lock docs bench bench-short image image-test clean
 
 help:
 	@echo "make train   - set up, fetch MNIST, train with defaults (results under ./runs)"
@@ -30,6 +30,7 @@ help:
 	@echo "make image   - build the image (VARIANT=gpu|cpu; docker, or podman without an engine)"
 	@echo "make image-test - build the CPU image with podman and run it as docker run would"
 	@echo "make lock    - re-resolve requirements*.lock from pyproject.toml"
+	@echo "make docs    - regenerate the README's variable table from job/config.py"
 	@echo "make lint / format / clean"
 
 $(STAMP): requirements-dev.lock pyproject.toml
@@ -65,6 +66,12 @@ format: $(STAMP)
 
 test: data lint $(WML_STAMP)
 	$(PY) -m pytest
+
+# The README's variable table, regenerated from job/config.py's VARIABLES (a test compares them).
+docs: $(STAMP)
+	$(PY) -c 'import re, pathlib; from job import config; p = pathlib.Path("README.md"); \
+	  begin, end = "<!-- variables:begin -->\n", "<!-- variables:end -->"; t = p.read_text(); \
+	  head, rest = t.split(begin, 1); p.write_text(head + begin + config.markdown_table() + end + rest.split(end, 1)[1])'
 
 lock: $(STAMP)
 	$(VENV)/bin/pip-compile -q --no-header --strip-extras --no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml

@@ -10,11 +10,13 @@ and never contains a credential.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from pathlib import Path
 
 from job.config import Storage
 from job.errors import ConfigError, DataError, JobError, TransientError
 from job.layout import Location, safe_key
+from job.store import PreconditionFailed
 
 MULTIPART_THRESHOLD = 16 * 1024 * 1024
 CONNECT_TIMEOUT = 5
@@ -85,6 +87,11 @@ class S3Store:
 
     def _unreachable(self, action: str, key: str, exc: BaseException) -> TransientError:
         # Connection refused, DNS, timeouts, dropped connections: after all retries.
+        if type(exc).__name__ == "ResponseParserError":
+            return TransientError(
+                f"cannot {action} {self._where(key)}: COS_ENDPOINT={self.endpoint} answered "
+                "with something that is not S3 (a proxy or captive portal?)"
+            )
         return TransientError(
             f"cannot {action} {self._where(key)} at COS_ENDPOINT="
             f"{self.endpoint}: {type(exc).__name__}"
@@ -95,6 +102,8 @@ class S3Store:
         code = str(error.get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         where = self._where(key)
+        if code in ("PreconditionFailed", "ConditionalRequestConflict") or status == 412:
+            return PreconditionFailed(f"cannot {action} {where}: another writer ({code})")
         if code == "NoSuchBucket":
             return ConfigError(
                 self.variable, self.uri, f"an existing bucket (no bucket {self.bucket!r})"
@@ -108,27 +117,74 @@ class S3Store:
             return TransientError(f"cannot {action} {where}: {code or status} after retries")
         return JobError(f"cannot {action} {where}: {code or status}")
 
-    def put_bytes(self, key: str, data: bytes) -> None:
-        with self._errors("write", key):
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+    def put_bytes(
+        self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
+        conditions = {"IfMatch": if_match} if if_match else {}
+        conditions |= {"IfNoneMatch": "*"} if if_none_match else {}
+        try:
+            with self._errors("write", key):
+                reply = self.client.put_object(
+                    Bucket=self.bucket, Key=self._key(key), Body=data, **conditions
+                )
+        except PreconditionFailed:
+            # botocore retries a PUT whose answer was lost; if the first attempt landed, the
+            # retry's condition fails on our own write. A single-part upload's ETag is the
+            # content's MD5: the object already holds exactly these bytes, so the write stands.
+            current = self.etag(key)
+            if current is None or current.strip('"') != hashlib.md5(data).hexdigest():
+                raise
+            return current
+        return reply["ETag"]
 
-    def put_file(self, key: str, path: Path) -> None:
+    def put_file(
+        self, key: str, path: Path, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
+        """One PUT (so it can be conditional) up to MULTIPART_THRESHOLD; a multipart upload
+        above it (unconditional: nothing this job writes is that large)."""
+        if path.stat().st_size < MULTIPART_THRESHOLD:
+            return self.put_bytes(
+                key, path.read_bytes(), if_match=if_match, if_none_match=if_none_match
+            )
         from boto3.s3.transfer import TransferConfig
 
         config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, use_threads=False)
         with self._errors("upload", key):
             self.client.upload_file(str(path), self.bucket, self._key(key), Config=config)
+        return self.etag(key) or ""
+
+    def etag(self, key: str) -> str | None:
+        from botocore.exceptions import ClientError
+
+        with self._errors("check", key):
+            try:
+                return self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ETag"]
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in MISSING_CODES:
+                    return None
+                raise
 
     def get_bytes(self, key: str) -> bytes | None:
         from botocore.exceptions import ClientError
 
         with self._errors("read", key):
             try:
-                return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+                reply = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") in MISSING_CODES:
                     return None
                 raise
+            return self._body(reply, key)
+
+    def _body(self, reply: dict, key: str) -> bytes:
+        # This job never stores HTML: a proxy or captive portal that answers every request with
+        # a page of its own must not be read as a run's files.
+        if str(reply.get("ContentType", "")).startswith("text/html"):
+            raise TransientError(
+                f"cannot read {self._where(key)}: COS_ENDPOINT={self.endpoint} answered with an "
+                "HTML page, not S3 (a proxy or captive portal?)"
+            )
+        return reply["Body"].read()
 
     def get_if_changed(self, key: str, tag: str | None) -> tuple[bytes | None, str | None]:
         """A conditional GET on the ETag: an unchanged object costs a 304 and no body."""
@@ -145,19 +201,10 @@ class S3Store:
                 if code in MISSING_CODES:
                     return None, None
                 raise
-            return reply["Body"].read(), reply.get("ETag")
+            return self._body(reply, key), reply.get("ETag")
 
     def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
-
-        with self._errors("check", key):
-            try:
-                self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-                return True
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in MISSING_CODES:
-                    return False
-                raise
+        return self.etag(key) is not None
 
     def delete(self, key: str) -> None:
         with self._errors("delete", key):

@@ -21,14 +21,14 @@ from job.callbacks import History
 from job.digest import sha256_bytes, sha256_file
 from job.errors import DataError
 from job.layout import CHECKPOINTS, LATEST_CHECKPOINT, RunFiles, checkpoint_key
-from job.publish import now_iso
+from job.publish import RunPublisher, now_iso
 
 
 class Checkpointer(keras.callbacks.Callback):
     """Saves after each epoch, after the reporter has added the epoch to `history`."""
 
     def __init__(
-        self, source: RunFiles, target: RunFiles, local_dir: Path, history: History
+        self, source: RunFiles, target: RunPublisher, local_dir: Path, history: History
     ) -> None:
         """Restores from `source` (the shared store), saves to `target` (the same store for
         the chief, scratch space for other workers)."""
@@ -65,7 +65,7 @@ class Checkpointer(keras.callbacks.Callback):
         self.local.parent.mkdir(parents=True, exist_ok=True)
         self.model.save_weights(self.local)
         done = epoch + 1
-        self.target.store.put_file(self.target.key(checkpoint_key(done)), self.local)
+        self.target.create(checkpoint_key(done), self.local)
         meta = {
             "epoch": done,
             "sha256": sha256_file(self.local),
@@ -75,9 +75,9 @@ class Checkpointer(keras.callbacks.Callback):
         }
         self.target.put_json(LATEST_CHECKPOINT, meta)
         if done > 1:
-            self.target.store.delete(self.target.key(checkpoint_key(done - 1)))
+            self.target.delete(checkpoint_key(done - 1))
         self.log.debug("checkpoint_saved", epoch=done, seconds=time.perf_counter() - started)
 
     def clear(self) -> None:
         for key in self.target.store.list(self.target.key(CHECKPOINTS)):
-            self.target.store.delete(key)
+            self.target.delete(key.split("/", 1)[1])

@@ -183,6 +183,7 @@ class Config:
     output_uri: str = "./runs"
     data_uri: str | None = None
     work_dir: str | None = None
+    lease_seconds: int = 60
     storage: Storage = field(default_factory=Storage)
     distribution: Distribution = field(default_factory=Distribution)
     logging: Logging = field(default_factory=Logging)
@@ -368,6 +369,10 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("WORK_DIR", _text, "system temp",
              "local scratch for checkpoints and artifacts before they are published",
              attr="work_dir", forward="no"),
+    Variable("LEASE_SECONDS", _int(10, 3600), "`60`",
+             "how long a run's owner lease lasts unrenewed; a second process with the same "
+             "RUN_ID exits 75 while it lives, and takes the run over once it has expired",
+             attr="lease_seconds"),
     Variable("ENV_FILE", _text, "`.env`", "another file of variables (read before the rest)",
              side="both", forward="no"),
     Variable("COS_ENDPOINT", _endpoint, "AWS's",

@@ -25,8 +25,9 @@ from job.checkpoint import Checkpointer
 from job.config import Config
 from job.errors import ConfigError, JobError
 from job.layout import METRICS
+from job.ownership import Lease, LostOwnership, RunOwned
 from job.preemption import Preempted, PreemptionGuard
-from job.publish import RunPublisher, now_iso
+from job.publish import FinishedElsewhere, RunPublisher, now_iso
 from job.store import LocalStore, Store
 
 
@@ -67,6 +68,8 @@ class RunContext:
             store or layout.open_store(config.output_uri, config.storage), config.run_id
         )
         self.publisher = self.shared
+        self.lease: Lease | None = None
+        self.finished = False
         self.history = History()
         self.log = logs.get("job.train")
         self._stack = contextlib.ExitStack()
@@ -77,6 +80,11 @@ class RunContext:
         return self.shared.read_json(METRICS) or {}
 
     def __enter__(self) -> RunContext:
+        """Claim the run (or find it finished: `finished`), make scratch space, write the
+        start record."""
+        self.finished = self.shared.succeeded()
+        if self.finished:
+            return self
         try:
             scratch = tempfile.TemporaryDirectory(
                 prefix=f"mnist-job-{self.config.run_id}-", dir=self.config.work_dir
@@ -94,22 +102,49 @@ class RunContext:
             self.shared, self.publisher, self.scratch / "checkpoint", self.history
         )
         try:
-            self.publisher.start(run_record(self.config))
+            if self._claim():
+                self.publisher.start(run_record(self.config))
         except BaseException:
-            self._stack.close()
+            self._release()
             raise
+        if self.finished:
+            self._release()
+            return self
         self.log.info("run_started", location=self.publisher.location, chief=self.config.is_chief)
         return self
 
+    def _claim(self) -> bool:
+        """Take the run's lease (chief only: other workers write to scratch). False when the
+        run turned out to be finished by another process meanwhile."""
+        if self.config.is_chief:
+            self.lease = Lease(self.shared, self.config.lease_seconds)
+            self.lease.acquire()
+            self.shared.lease = self.lease
+            if self.shared.succeeded():
+                self.finished = True
+                return False
+            self.lease.start()
+        self.publisher.adopt()
+        return True
+
+    def _release(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+        self._stack.close()
+
     def __exit__(self, exc_type, exc, tb) -> None:
+        if self.finished:
+            return
         try:
             if isinstance(exc, Preempted):
                 self.log.warning("preempted", signal=exc.signame)
                 self.end("preempted", str(exc))
+            elif isinstance(exc, (RunOwned, LostOwnership, FinishedElsewhere)):
+                pass  # the run is someone else's: nothing of this process may be written there
             elif exc is not None:
                 self.end("failed", f"{type(exc).__name__}: {exc}")
         finally:
-            self._stack.close()
+            self._release()
 
     def scope(self):
         """The strategy's scope: variables created inside belong to the strategy."""
@@ -131,6 +166,8 @@ class RunContext:
                 return
             self._ended = True
             reason = logs.scrub(reason, self.config.secrets())
+            if self.lease is not None and self.lease.lost:
+                return
             try:
                 if state == "failed":
                     self.publisher.fail(reason, epoch=len(self.history), last_log=logs.recent())

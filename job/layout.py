@@ -27,6 +27,7 @@ IMAGES = "images"
 CHECKPOINTS = "checkpoints"
 LATEST_CHECKPOINT = "checkpoints/latest.json"
 SUBMISSION = "submission.json"  # how the submitter started the run
+OWNER = "owner.json"  # the lease of the process writing the run (job.ownership)
 SUCCESS = "_SUCCESS"  # written last: every file with its size and SHA-256
 FAILURE = "_FAILURE"
 CANCELLED = "_CANCELLED"

@@ -5,6 +5,12 @@ every epoch (the heartbeat); the artifacts; then `_SUCCESS`, listing every artif
 size and SHA-256; last the final `status.json`. A failed run gets `_FAILURE` instead and never a
 `_SUCCESS`. Readers trust a run only when `_SUCCESS` is there. `status.json` is the mutable
 heartbeat, so it is not listed in `_SUCCESS`. Key names: job.layout.
+
+Every write is fenced, so a process that has lost the run (job.ownership) cannot change it:
+the records an attempt rewrites (run.json, status.json, the checkpoint pointer, _FAILURE) only
+replace the version this attempt saw or wrote last (If-Match), and files are created, never
+overwritten (If-None-Match), except the debris of an earlier failed attempt, which only the
+lease holder replaces. `_SUCCESS` is created once, ever.
 """
 
 from __future__ import annotations
@@ -13,9 +19,26 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from job.digest import sha256_bytes, sha256_file
-from job.layout import FAILURE, RUN_RECORD, STATUS, SUCCESS, RunFiles
+from job.errors import TransientError
+from job.layout import (
+    FAILURE,
+    LATEST_CHECKPOINT,
+    RUN_RECORD,
+    STATUS,
+    SUCCESS,
+    RunFiles,
+    safe_key,
+    to_json,
+)
+from job.ownership import Lease
+from job.store import PreconditionFailed, Store
 
 MAX_REASON = 1000
+REWRITTEN = (RUN_RECORD, STATUS, LATEST_CHECKPOINT, FAILURE)
+
+
+class FinishedElsewhere(TransientError):
+    """Another process published this run while this one trained: its result stands."""
 
 
 def now_iso() -> str:
@@ -25,8 +48,53 @@ def now_iso() -> str:
 class RunPublisher(RunFiles):
     """The writing side of the contract (see the module docstring)."""
 
+    def __init__(self, store: Store, run_id: str, lease: Lease | None = None) -> None:
+        super().__init__(store, run_id)
+        self.lease = lease
+        self._seen: dict[str, str | None] = {}
+
     def succeeded(self) -> bool:
         return self.exists(SUCCESS)
+
+    def adopt(self) -> None:
+        """Once the run is ours: the versions of the records this attempt may replace."""
+        self._seen = {name: self.store.etag(self.key(name)) for name in REWRITTEN}
+
+    def _unless_published(self) -> None:
+        if self.succeeded():
+            raise FinishedElsewhere(f"{self.location} was published by another process")
+
+    def _guard(self) -> None:
+        if self.lease is not None:
+            self.lease.check()
+
+    def put_json(self, name: str, data: object) -> None:
+        """Replace one of the REWRITTEN records, only in the version this attempt knows."""
+        self._guard()
+        seen = self._seen.get(name)
+        try:
+            self._seen[name] = self.store.put_bytes(
+                self.key(name), to_json(data), if_match=seen, if_none_match=seen is None
+            )
+        except PreconditionFailed:
+            self._unless_published()
+            raise
+
+    def create(self, name: str, path: Path) -> None:
+        """A file of this attempt: created, or replacing the debris of a failed attempt."""
+        self._guard()
+        try:
+            self.store.put_file(self.key(name), path, if_none_match=True)
+        except PreconditionFailed:
+            self._unless_published()
+            if self.lease is not None:
+                self.lease.verify()
+            current = self.store.etag(self.key(name))
+            self.store.put_file(self.key(name), path, if_match=current, if_none_match=not current)
+
+    def delete(self, name: str) -> None:
+        self._guard()
+        self.store.delete(self.key(name))
 
     def start(self, record: dict) -> None:
         self.put_json(RUN_RECORD, record)
@@ -41,15 +109,22 @@ class RunPublisher(RunFiles):
         """Upload every file under `folder`, then `_SUCCESS` listing them with their hashes."""
         files = []
         for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            name = path.relative_to(folder).as_posix()
-            self.store.put_file(self.key(name), path)
+            name = safe_key(path.relative_to(folder).as_posix(), str(folder))
+            self.create(name, path)
             files.append({"path": name, "size": path.stat().st_size, "sha256": sha256_file(path)})
         record = self.store.get_bytes(self.key(RUN_RECORD)) or b""
         files.append({"path": RUN_RECORD, "size": len(record), "sha256": sha256_bytes(record)})
         manifest = {"run_id": self.run_id, "completed_at": now_iso(), "files": files}
-        self.put_json(SUCCESS, manifest)
+        if self.lease is not None:
+            self.lease.verify()
+        try:
+            self.store.put_bytes(self.key(SUCCESS), to_json(manifest), if_none_match=True)
+        except PreconditionFailed:
+            self._unless_published()
+            raise
         # A marker from an earlier failed attempt of this run id must not linger beside success.
-        self.store.delete(self.key(FAILURE))
+        if self._seen.get(FAILURE):
+            self.delete(FAILURE)
         self.status("succeeded", **final_status)
         return manifest
 

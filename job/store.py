@@ -1,38 +1,73 @@
 """Where a run's files go: one small interface over a local folder or a bucket (job.bucket).
 
 Keys are '/'-separated paths relative to the store's root (OUTPUT_URI). Every write is atomic:
-a reader sees the old object or the new one, never half of one.
+a reader sees the old object or the new one, never half of one; and it can be conditional, which
+is how a run keeps a single writer (job.ownership).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import hashlib
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Protocol
 
-from job.errors import TransientError
+from job.errors import ConfigError, JobError, TransientError
+
+
+class PreconditionFailed(TransientError):
+    """A conditional write lost: the object changed (If-Match) or exists (If-None-Match) since
+    this process last saw it. Someone else writes into the same run: job.ownership."""
 
 
 class Store(Protocol):
+    """Keys are '/'-separated, relative to the store's root. Writes return the new object's
+    ETag; `if_match` (replace only that version) and `if_none_match` (create only) make them
+    conditional, raising PreconditionFailed when the condition does not hold."""
+
     uri: str
 
-    def put_bytes(self, key: str, data: bytes) -> None: ...
-    def put_file(self, key: str, path: Path) -> None: ...
+    def put_bytes(
+        self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str: ...
+    def put_file(
+        self, key: str, path: Path, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str: ...
     def get_bytes(self, key: str) -> bytes | None: ...
     def get_if_changed(self, key: str, tag: str | None) -> tuple[bytes | None, str | None]: ...
+    def etag(self, key: str) -> str | None: ...
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
     def list(self, prefix: str) -> list[str]: ...
 
 
-class LocalStore:
-    """A folder on local disk (or a mounted bucket folder, as WML's RESULT_DIR)."""
+# errno values a retry cannot fix: the folder is wrong, not busy.
+PERMANENT_ERRNOS = {
+    errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG,
+    errno.ENOENT, errno.EEXIST, errno.EINVAL, errno.ELOOP,
+}  # fmt: skip
 
-    def __init__(self, root: Path) -> None:
+
+def _md5(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+class LocalStore:
+    """A folder on local disk (or a mounted bucket folder, as WML's RESULT_DIR).
+
+    Writes are atomic (a temporary file renamed into place) and serialised per folder with an
+    advisory lock on the folder itself, so a conditional write compares and replaces in one
+    step. ETags are the content's MD5, as S3's for a single-part upload.
+    """
+
+    def __init__(self, root: Path, variable: str = "OUTPUT_URI") -> None:
         self.root = root
         self.uri = str(root)
+        self.variable = variable
 
     def _path(self, key: str) -> Path:
         path = self.root.joinpath(*key.split("/"))
@@ -41,47 +76,72 @@ class LocalStore:
             raise ValueError(f"key {key!r} leaves {self.root}")
         return path
 
-    def _atomic(self, key: str, write) -> None:
+    @contextlib.contextmanager
+    def _locked(self, folder: Path):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _write(self, key: str, data: bytes, if_match: str | None, if_none_match: bool) -> str:
         target = self._path(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    write(fh)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with self._locked(target.parent):
+                current = self.etag(key)
+                if if_none_match and current is not None:
+                    raise PreconditionFailed(f"{target} exists (If-None-Match)")
+                if if_match is not None and current != if_match:
+                    raise PreconditionFailed(f"{target} changed (If-Match)")
+                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+                try:
+                    with os.fdopen(fd, "wb") as fh:
+                        fh.write(data)
+                    os.replace(tmp, target)
+                except BaseException:
+                    Path(tmp).unlink(missing_ok=True)
+                    raise
         except OSError as exc:
-            raise TransientError(f"cannot write {target}: {exc.strerror or exc}") from None
+            raise self._os_error("write", target, exc) from None
+        return _md5(data)
 
-    def put_bytes(self, key: str, data: bytes) -> None:
-        self._atomic(key, lambda fh: fh.write(data))
+    def _os_error(self, action: str, path: Path, exc: OSError) -> JobError:
+        why = exc.strerror or str(exc)
+        if exc.errno in PERMANENT_ERRNOS:
+            return ConfigError(self.variable, self.uri, f"a folder this job can {action} ({why})")
+        return TransientError(f"cannot {action} {path}: {why}")
 
-    def put_file(self, key: str, path: Path) -> None:
-        def copy(fh) -> None:
-            with path.open("rb") as src:
-                shutil.copyfileobj(src, fh)
+    def put_bytes(
+        self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
+        return self._write(key, data, if_match, if_none_match)
 
-        self._atomic(key, copy)
+    def put_file(
+        self, key: str, path: Path, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
+        return self._write(key, path.read_bytes(), if_match, if_none_match)
 
     def get_bytes(self, key: str) -> bytes | None:
         try:
             return self._path(key).read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as exc:
+            raise self._os_error("read", self._path(key), exc) from None
+
+    def etag(self, key: str) -> str | None:
+        raw = self.get_bytes(key)
+        return None if raw is None else _md5(raw)
 
     def get_if_changed(self, key: str, tag: str | None) -> tuple[bytes | None, str | None]:
         """(content, tag) when the object changed since `tag`, (None, tag) when it did not."""
-        try:
-            stat = self._path(key).stat()
-        except FileNotFoundError:
+        raw = self.get_bytes(key)
+        if raw is None:
             return None, None
-        current = f"{stat.st_mtime_ns}-{stat.st_size}"
-        if current == tag:
-            return None, tag
-        return self.get_bytes(key), current
+        current = _md5(raw)
+        return (None, tag) if current == tag else (raw, current)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -102,4 +162,8 @@ class LocalStore:
         base = self._path(prefix.rstrip("/")) if prefix else self.root
         if not base.is_dir():
             return []
-        return sorted(p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
+        return sorted(
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".")  # a write in progress
+        )

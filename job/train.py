@@ -39,12 +39,12 @@ def run(
 
     A run id that already has `_SUCCESS` is left alone; one that has a checkpoint resumes.
     """
-    ctx = RunContext(config, store=store, strategy=strategy, guard=guard)
-    if ctx.shared.succeeded():
-        ctx.log.info("run_already_succeeded", location=ctx.shared.location)
-        return ctx.published_metrics()
     t = config.training
+    ctx = RunContext(config, store=store, strategy=strategy, guard=guard)
     with ctx, precision.policy(t.precision) as chosen:
+        if ctx.finished:
+            ctx.log.info("run_already_succeeded", location=ctx.shared.location)
+            return ctx.published_metrics()
         ds = (datasets or load_data(config, ctx.scratch)).limited(t.train_limit, t.test_limit)
         ctx.log.info("data", source=ds.source, n_train=len(ds.y_train), n_test=len(ds.y_test))
         plan = training_plan(t, ds, ctx.replicas, multi_worker=config.distribution.multi_worker)

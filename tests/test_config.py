@@ -170,6 +170,5 @@ def test_readme_variable_table_is_the_config_table():
     assert begin in readme and end in readme, "README lost its generated table markers"
     table = readme.split(begin, 1)[1].split(end, 1)[0]
     assert table == config.markdown_table(), (
-        "README's table differs from job.config.VARIABLES: paste "
-        "`python -m job config --table` between the markers"
+        "README's table differs from job.config.VARIABLES: run `make docs`"
     )

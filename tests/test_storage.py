@@ -241,7 +241,7 @@ def test_permanent_fault_fails_with_75_and_no_success(s3_endpoint, bucket, mnist
         env = train_env(proxy.url, bucket, data_uri, "broken", COS_MAX_ATTEMPTS="2")
         proc = run_job("train", env=env, cwd=tmp_path)
     assert proc.returncode == EXIT_TRANSIENT, proc.stderr[-2000:]
-    assert "error: cannot upload" in proc.stderr and "model/" in proc.stderr
+    assert "error: cannot write" in proc.stderr and "model/" in proc.stderr
     objects = all_objects(s3_endpoint, bucket)
     assert "runs/broken/_SUCCESS" not in objects
     failure = json.loads(objects["runs/broken/_FAILURE"])

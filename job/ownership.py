@@ -1,0 +1,157 @@
+"""A run has one owner: a lease on `<run>/owner.json`, taken with a conditional create.
+
+Starting (or resuming) a run claims it: `owner.json` is created with If-None-Match, so of two
+processes with the same RUN_ID exactly one gets it. A background thread renews the lease every
+third of LEASE_SECONDS with If-Match on the version it wrote last; a process that finds another
+version there has lost the run and stops writing (`check`). A lease that was not renewed in
+time expires, and the next process takes the run over (If-Match on the expired version) and
+resumes from its checkpoint; on the same machine a lease whose process is gone is taken over
+at once. The owner deletes `owner.json` as the last step of its run.
+
+What this rests on: the store enforcing conditional writes (S3 does since 2024, a local folder
+through job.store's lock) and roughly synchronised clocks between hosts for expiry (a host whose
+clock runs ahead takes an expired-looking lease early; the owner then finds its renewal refused
+and stops, so there is still one writer).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from job import logs
+from job.errors import TransientError
+from job.layout import OWNER, RunFiles, decode_json, to_json
+from job.store import PreconditionFailed
+
+
+class RunOwned(TransientError):
+    """Another live process owns the run (exit 75: retry once it has finished or gone)."""
+
+
+class LostOwnership(TransientError):
+    """This process's lease was taken over; it must not write into the run any more."""
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (with the PID, it names one process
+    even after the PID is reused); None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+class Lease:
+    def __init__(self, files: RunFiles, seconds: int) -> None:
+        self.files = files
+        self.seconds = seconds
+        self.etag: str | None = None
+        self.lost: str | None = None
+        self.me = {
+            "owner": uuid.uuid4().hex,
+            "host": socket.gethostname(),
+            "boot_id": _boot_id(),
+            "pid": os.getpid(),
+            "process_start": process_start(os.getpid()),
+        }
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.log = logs.get("job.ownership")
+
+    @property
+    def key(self) -> str:
+        return self.files.key(OWNER)
+
+    def _record(self) -> bytes:
+        now = time.time()
+        return to_json({**self.me, "renewed_at": now, "expires_at": now + self.seconds})
+
+    def acquire(self) -> None:
+        """Claim the run, or raise RunOwned naming the live owner."""
+        store = self.files.store
+        try:
+            self.etag = store.put_bytes(self.key, self._record(), if_none_match=True)
+            return
+        except PreconditionFailed:
+            pass
+        raw, etag = store.get_if_changed(self.key, None)
+        holder = decode_json(raw, self.files.where(OWNER)) if raw is not None else {}
+        if raw is not None and self._alive(holder):
+            raise RunOwned(
+                f"run {self.files.run_id} is owned by {holder.get('host')} pid "
+                f"{holder.get('pid')} (lease until {time.ctime(float(holder['expires_at']))}); "
+                "not starting a second copy"
+            )
+        try:  # expired, or its process is gone: take it over, unless someone else just did
+            if etag is None:
+                self.etag = store.put_bytes(self.key, self._record(), if_none_match=True)
+            else:
+                self.etag = store.put_bytes(self.key, self._record(), if_match=etag)
+        except PreconditionFailed:
+            raise RunOwned(f"run {self.files.run_id} was just claimed by another process") from None
+        self.log.warning("lease_taken_over", previous=holder.get("host"), pid=holder.get("pid"))
+
+    def _alive(self, holder: dict) -> bool:
+        try:
+            expires = float(holder["expires_at"])
+        except (KeyError, TypeError, ValueError):
+            return False  # not a lease this job wrote: nothing to respect
+        if expires < time.time():
+            return False
+        same_machine = holder.get("host") == self.me["host"] and holder.get("boot_id") == _boot_id()
+        if same_machine and isinstance(holder.get("pid"), int):
+            return process_start(holder["pid"]) == holder.get("process_start")
+        return True
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._renew_loop, name="lease", daemon=True)
+        self._thread.start()
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.seconds / 3):
+            try:
+                self.etag = self.files.store.put_bytes(self.key, self._record(), if_match=self.etag)
+            except PreconditionFailed:
+                self.lost = "another process took the run over"
+                self.log.error("lease_lost", reason=self.lost)
+                return
+            except Exception as exc:  # the store is down: the lease may still outlive it
+                self.log.warning("lease_not_renewed", error=str(exc))
+
+    def check(self) -> None:
+        """Raise LostOwnership when the renewer has seen the lease taken over."""
+        if self.lost:
+            raise LostOwnership(f"run {self.files.run_id}: {self.lost}; stopped writing")
+
+    def verify(self) -> None:
+        """A synchronous check against the store, before a write that ends the run."""
+        self.check()
+        if self.files.store.etag(self.key) != self.etag:
+            self.lost = "another process took the run over"
+            self.check()
+
+    def release(self) -> None:
+        """Stop renewing and delete the lease, if it is still ours (best effort)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.lost or self.etag is None:
+            return
+        try:
+            if self.files.store.etag(self.key) == self.etag:
+                self.files.store.delete(self.key)
+        except Exception as exc:  # it expires by itself
+            self.log.warning("lease_not_released", error=str(exc))
