@@ -150,7 +150,6 @@ def cmd_cancel(cfg: config_mod.Config) -> int:
 
 
 def cmd_train(cfg: config_mod.Config) -> int:
-    from job import distribute
     from job.layout import open_store
     from job.preemption import PreemptionGuard
 
@@ -161,12 +160,9 @@ def cmd_train(cfg: config_mod.Config) -> int:
     store = open_store(cfg.output_uri, cfg.storage)
     logs.import_tensorflow_quietly(cfg.logging.level)
     guard.check()
-    if cfg.cluster is not None:
-        os.environ["TF_CONFIG"] = cfg.cluster.tf_config()  # read by MultiWorkerMirroredStrategy
-    strategy = distribute.strategy_for(cfg.distribution)
-    from job import train  # after the strategy: it must precede every other TensorFlow op
+    from job import train
 
-    result = train.run(cfg, strategy=strategy, store=store, guard=guard)
+    result = train.run(cfg, store=store, guard=guard, create_strategy=True)
     location = layout.run_uri(cfg.output_uri, cfg.run_id)
     if not cfg.is_chief:
         print(f"Worker {cfg.cluster.worker_id} done; the chief publishes the results at {location}")

@@ -1,4 +1,5 @@
-"""Work-arounds for Keras 3 under MultiWorkerMirroredStrategy (keras-team/keras#20585).
+"""Work-arounds for TensorFlow's multi-worker support: Keras 3 under MultiWorkerMirroredStrategy
+(keras-team/keras#20585), and a bounded wait for peers at start-up.
 
 Keras 3.15's TensorFlow trainer breaks on two lines when the strategy is multi-worker, found by
 running two workers here:
@@ -60,3 +61,48 @@ def patch_for_multi_worker(model) -> None:
 
     reduce_per_replica._job_patched = True
     trainer.reduce_per_replica = reduce_per_replica
+
+
+def bound_peer_registration(timeout_seconds: int) -> None:
+    """Make MultiWorkerMirroredStrategy give up on a peer that never joins.
+
+    Creating the strategy registers this task with TensorFlow's coordination service and waits
+    for every other task, by default for an hour, inside native code that holds the GIL, so no
+    Python watchdog can run meanwhile. Configuring the service first, the way the strategy would
+    (tensorflow/python/distribute/collective_all_reduce_strategy.py), with a registration
+    timeout turns that wait into an error after `timeout_seconds` (job.distribute.peer_errors
+    makes it exit 75). Private API: where it is missing, the strategy's default stands.
+    """
+    import tensorflow as tf
+
+    try:
+        from tensorflow.python.distribute import multi_worker_util
+        from tensorflow.python.eager import context
+    except ImportError:
+        return
+    try:
+        from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2 as pb
+    except ImportError:
+        try:
+            from tensorflow.tsl.protobuf import coordination_config_pb2 as pb
+        except ImportError:
+            return
+    if context.context().coordination_service is not None:
+        return
+    spec = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec()
+    jobs = [
+        pb.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job))
+        for job in ("chief", "worker")
+        if job in spec.jobs
+    ]
+    context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(spec),
+        coordinated_jobs=jobs,
+        cluster_register_timeout_in_ms=timeout_seconds * 1000,
+    )
+    service = context.context().coordination_service
+    if "cluster_register_with_barrier" in type(service).DESCRIPTOR.fields_by_name:
+        # The leader itself waits for the others at a barrier with that timeout; without it,
+        # only the non-leaders' registration is bounded and worker 0 waits forever.
+        service.cluster_register_with_barrier = True

@@ -19,7 +19,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from job import __version__, layout, logs
+from job import __version__, distribute, layout, logs
 from job.callbacks import History
 from job.checkpoint import Checkpointer
 from job.config import Config
@@ -29,6 +29,7 @@ from job.ownership import Lease, LostOwnership, RunOwned
 from job.preemption import Preempted, PreemptionGuard
 from job.publish import FinishedElsewhere, RunPublisher, now_iso
 from job.store import LocalStore, Store
+from job.watchdog import Watchdog
 
 
 def run_record(config: Config) -> dict:
@@ -59,10 +60,15 @@ class RunContext:
         store: Store | None = None,
         strategy=None,
         guard: PreemptionGuard | None = None,
+        create_strategy: bool = False,
     ) -> None:
+        """`create_strategy`: make the tf.distribute strategy from the configuration once the
+        run is claimed (the command line; it must precede every other TensorFlow op), under
+        the watchdog when there are peers to wait for."""
         self.config = config
         self.strategy = strategy
-        self.replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+        self.create_strategy = create_strategy
+        self.watchdog: Watchdog | None = None
         self.guard = guard or PreemptionGuard()
         self.shared = RunPublisher(
             store or layout.open_store(config.output_uri, config.storage), config.run_id
@@ -110,8 +116,21 @@ class RunContext:
         if self.finished:
             self._release()
             return self
+        try:
+            self._start_strategy()
+        except BaseException:
+            self.__exit__(*sys.exc_info())  # the run is claimed: record how it ended
+            raise
         self.log.info("run_started", location=self.publisher.location, chief=self.config.is_chief)
         return self
+
+    def _start_strategy(self) -> None:
+        if self.config.cluster is not None:
+            self.watchdog = Watchdog(self.config.distribution.collective_timeout, self.abort)
+            self.watchdog.arm()
+        if self.create_strategy:
+            with distribute.peer_errors(self.config.cluster):
+                self.strategy = distribute.strategy_for(self.config.distribution)
 
     def _claim(self) -> bool:
         """Take the run's lease (chief only: other workers write to scratch). False when the
@@ -128,6 +147,8 @@ class RunContext:
         return True
 
     def _release(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.on_train_end()
         if self.lease is not None:
             self.lease.release()
         self._stack.close()
@@ -145,6 +166,10 @@ class RunContext:
                 self.end("failed", f"{type(exc).__name__}: {exc}")
         finally:
             self._release()
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync if self.strategy is not None else 1
 
     def scope(self):
         """The strategy's scope: variables created inside belong to the strategy."""

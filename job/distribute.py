@@ -8,6 +8,7 @@ GPUs and MultiWorkerMirroredStrategy when TF_CONFIG names several workers. The c
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 
 from job.config import Cluster, Distribution
@@ -29,6 +30,9 @@ def create_strategy(kind: str, collective_timeout: int):
     import tensorflow as tf
 
     if kind == "multi_worker":
+        from job import compat
+
+        compat.bound_peer_registration(collective_timeout)
         options = tf.distribute.experimental.CommunicationOptions(
             timeout_seconds=collective_timeout
         )
@@ -45,6 +49,8 @@ def strategy_for(distribution: Distribution):
     TensorFlow initialises its devices, so the GPU count is looked at only otherwise.
     """
     if distribution.multi_worker:
+        # MultiWorkerMirroredStrategy reads the cluster from the environment.
+        os.environ["TF_CONFIG"] = distribution.cluster.tf_config()  # type: ignore[union-attr]
         return create_strategy("multi_worker", distribution.collective_timeout)
     import tensorflow as tf
 
@@ -70,6 +76,12 @@ def peer_errors(cluster: Cluster | None):
     )
     try:
         yield
+    except tf.errors.UnknownError as exc:
+        if "Could not start gRPC server" not in str(exc):
+            raise
+        raise TransientError(
+            f"cannot listen for peers as {cluster.worker_id} (its TF_CONFIG port is taken)"
+        ) from None
     except lost as exc:
         detail = " ".join(str(exc.message).split())
         unhealthy = re.search(r"following tasks are unhealthy[^:]*: ([^ ]+)", detail)

@@ -24,7 +24,6 @@ from job.model import build_model, compile_model, layer_table, learning_rate
 from job.plan import TrainingPlan, prepare, training_plan
 from job.preemption import PreemptionGuard
 from job.store import Store
-from job.watchdog import Watchdog
 
 
 def run(
@@ -34,13 +33,17 @@ def run(
     strategy=None,
     store: Store | None = None,
     guard: PreemptionGuard | None = None,
+    create_strategy: bool = False,
 ) -> dict:
     """Train, evaluate and publish one run; returns the metrics (the content of metrics.json).
 
     A run id that already has `_SUCCESS` is left alone; one that has a checkpoint resumes.
+    `strategy` (or `create_strategy`, from DISTRIBUTION and TF_CONFIG): job.distribute.
     """
     t = config.training
-    ctx = RunContext(config, store=store, strategy=strategy, guard=guard)
+    ctx = RunContext(
+        config, store=store, strategy=strategy, guard=guard, create_strategy=create_strategy
+    )
     with ctx, precision.policy(t.precision) as chosen:
         if ctx.finished:
             ctx.log.info("run_already_succeeded", location=ctx.shared.location)
@@ -127,8 +130,8 @@ def fit(
         ctx.checkpointer,
         StopOnRequest(ctx.guard),
     ]
-    if ctx.config.cluster is not None:
-        callbacks.append(Watchdog(ctx.config.distribution.collective_timeout, ctx.abort))
+    if ctx.watchdog is not None:
+        callbacks.append(ctx.watchdog)
     if stopper:
         callbacks.append(stopper)
     ctx.publisher.status("running", epoch=first_epoch, epochs=t.epochs)

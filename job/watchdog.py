@@ -33,9 +33,14 @@ class Watchdog(keras.callbacks.Callback):
 
     on_train_batch_end = on_test_batch_end = on_predict_batch_end = on_epoch_end = feed
 
-    def on_train_begin(self, logs=None) -> None:
+    def arm(self) -> None:
+        """Start watching now: from before the strategy exists (a peer that never joins blocks
+        its creation) until training ends."""
         self.feed()
-        self._thread.start()
+        if not self._thread.is_alive():
+            self._thread.start()
+
+    on_train_begin = arm
 
     def on_train_end(self, logs=None) -> None:
         self._stop.set()
@@ -46,7 +51,7 @@ class Watchdog(keras.callbacks.Callback):
             if idle > self.timeout:
                 self.on_stall(
                     TransientError(
-                        f"no progress in training for {idle:.0f} s (COLLECTIVE_TIMEOUT="
+                        f"no progress for {idle:.0f} s (COLLECTIVE_TIMEOUT="
                         f"{self.timeout:.0f}): a peer worker is probably gone; the last "
                         "checkpoint is saved, restart all workers to resume"
                     )

@@ -120,7 +120,7 @@ def test_watchdog_turns_a_stall_into_exit_75_and_a_failure_record(tmp_path):
         "from job.watchdog import Watchdog\n"
         "cfg = config.from_env({'RUN_ID': 'stuck', 'OUTPUT_URI': 'out'})\n"
         "with RunContext(cfg, store=LocalStore(Path('out'))) as ctx:\n"
-        "    Watchdog(timeout=1, on_stall=ctx.abort).on_train_begin()\n"
+        "    Watchdog(timeout=1, on_stall=ctx.abort).arm()\n"
         "    time.sleep(60)\n"
     )
     proc = subprocess.run(
@@ -129,7 +129,7 @@ def test_watchdog_turns_a_stall_into_exit_75_and_a_failure_record(tmp_path):
     )  # fmt: skip
     assert proc.returncode == EXIT_TRANSIENT, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert errors == [errors[0]] and "no progress in training" in errors[0]
+    assert errors == [errors[0]] and "no progress for" in errors[0]
     failure = json.loads((tmp_path / "out" / "stuck" / "_FAILURE").read_text())
     assert "COLLECTIVE_TIMEOUT" in failure["reason"]
     status = json.loads((tmp_path / "out" / "stuck" / "status.json").read_text())
