@@ -40,7 +40,8 @@ class Watchdog(keras.callbacks.Callback):
         if not self._thread.is_alive():
             self._thread.start()
 
-    on_train_begin = arm
+    def on_train_begin(self, logs=None) -> None:
+        self.arm()
 
     def on_train_end(self, logs=None) -> None:
         self._stop.set()
