@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
         "watch",
         help="follow a run from its store until it ends",
         description="Follow a run from OUTPUT_URI (a bucket or folder), whichever backend "
-        "started it. Exit codes: 0 succeeded, 1 failed, 3 stalled or timed out, 4 cancelled.",
+        "started it. Exit codes: 0 succeeded, 1 failed, 3 stalled or timed out, 4 cancelled, "
+        "5 not found.",
     )
     w.add_argument("run_id")
     _watch_options(w)
@@ -76,7 +77,8 @@ def _watch_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def cmd_watch(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+def cmd_watch(cfg: config_mod.Config, args: argparse.Namespace, platform_state=None) -> int:
+    """Follow a run; `platform_state`: the backend's own view (a local child), if known."""
     from job.layout import open_store
     from job.runs import RunReader
     from job.submit import submission
@@ -84,7 +86,6 @@ def cmd_watch(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
     store = open_store(cfg.output_uri, cfg.storage)
     submitted = submission(store, cfg.run_id) or {}
-    platform_state = None
     if submitted.get("backend") == "wml":
         from job import wml
 
@@ -103,6 +104,9 @@ def cmd_watch(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         timeout=args.timeout,
         download_to=args.dest or Path("watched") / cfg.run_id,
         platform_state=platform_state,
+        # A run started by `submit` may take minutes to write its first status (a pod being
+        # scheduled, an image pulled); one nobody submitted gets a minute to appear.
+        appear_within=None if submitted else min(60.0, args.stall_after),
     )
 
 
@@ -112,19 +116,20 @@ def cmd_submit(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
     env = config_mod.read_environment()
     store = open_store(cfg.output_uri, cfg.storage)
+    submit.check_new(store, cfg.run_id)
     if args.backend == "local":
-        where = submit.submit_local(cfg, env, store)
+        started = submit.submit_local(cfg, env, store)
     elif args.backend == "docker":
-        where = submit.submit_docker(cfg, env, store, args.image or DEFAULT_IMAGE, args.gpus)
+        started = submit.submit_docker(cfg, env, store, args.image or DEFAULT_IMAGE, args.gpus)
     elif args.backend == "k8s":
-        where = submit.submit_k8s(cfg, env, store, args.overlay, args.image)
+        started = submit.submit_k8s(cfg, env, store, args.overlay, args.image)
     else:
-        where = submit.submit_wml(cfg, env, store)
+        started = submit.submit_wml(cfg, env, store)
     print(f"Run id: {cfg.run_id}")
-    print(f"Started: {where}")
+    print(f"Started: {started.where}")
     print(f"Results: {layout.run_uri(cfg.output_uri, cfg.run_id)}")
     print(f"Follow: python -m job watch {cfg.run_id}")
-    return cmd_watch(cfg, args) if args.wait else EXIT_OK
+    return cmd_watch(cfg, args, started.platform_state) if args.wait else EXIT_OK
 
 
 def cmd_runs(cfg: config_mod.Config, limit: int) -> int:

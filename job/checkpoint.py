@@ -19,7 +19,7 @@ import keras
 from job import logs
 from job.callbacks import History
 from job.digest import sha256_bytes, sha256_file
-from job.errors import DataError
+from job.errors import ConfigError, DataError
 from job.layout import CHECKPOINTS, LATEST_CHECKPOINT, RunFiles, checkpoint_key
 from job.publish import RunPublisher, now_iso
 
@@ -37,17 +37,39 @@ class Checkpointer(keras.callbacks.Callback):
         self.target = target
         self.local = local_dir / "ckpt.weights.h5"
         self.history = history
+        self.settings: dict = {}
         self.log = logs.get("job.checkpoint")
 
-    def restore(self, model) -> int:
-        """Load the latest checkpoint into `model` and the history; returns its epoch count."""
+    def restore(self, model, settings: dict, *, discard: bool = False) -> int:
+        """Load the latest checkpoint into `model` and the history; returns its epoch count.
+
+        `settings` shape training (job.train.resume_settings); a checkpoint written under other
+        settings is refused (ConfigError naming them) unless `discard`, which starts over."""
+        self.settings = settings
         meta = self.source.read_json(LATEST_CHECKPOINT)
         if not meta:
+            return 0
+        if discard:
+            self.log.warning("checkpoint_discarded", epoch=meta.get("epoch"), reason="RESUME")
             return 0
         where = self.source.where(LATEST_CHECKPOINT)
         epoch, digest, history = meta.get("epoch"), meta.get("sha256"), meta.get("history")
         if type(epoch) is not int or epoch < 1 or not isinstance(history, list):
-            raise DataError(f"{where}: not a checkpoint pointer (epoch, sha256, history)")
+            raise DataError(
+                f"{where}: not a checkpoint pointer (epoch, sha256, history); "
+                "RESUME=discard starts the run over"
+            )
+        saved = meta.get("settings") or {}
+        differ = sorted(
+            k for k in settings.keys() | saved.keys() if settings.get(k) != saved.get(k)
+        )
+        if differ:
+            raise ConfigError(
+                differ[0],
+                settings.get(differ[0]),
+                f"{saved.get(differ[0])!r} as when {where} was written, to resume (differing: "
+                f"{', '.join(differ)}); RESUME=discard starts the run over",
+            )
         raw = self.source.store.get_bytes(self.source.key(checkpoint_key(epoch)))
         if raw is None or sha256_bytes(raw) != digest:
             self.log.warning("checkpoint_unusable", epoch=epoch, action="start afresh")
@@ -71,6 +93,7 @@ class Checkpointer(keras.callbacks.Callback):
             "sha256": sha256_file(self.local),
             "size": self.local.stat().st_size,
             "history": self.history.entries,
+            "settings": self.settings,
             "saved_at": now_iso(),
         }
         self.target.put_json(LATEST_CHECKPOINT, meta)

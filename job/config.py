@@ -184,6 +184,7 @@ class Config:
     data_uri: str | None = None
     work_dir: str | None = None
     lease_seconds: int = 60
+    resume: str = "auto"
     storage: Storage = field(default_factory=Storage)
     distribution: Distribution = field(default_factory=Distribution)
     logging: Logging = field(default_factory=Logging)
@@ -373,6 +374,10 @@ VARIABLES: tuple[Variable, ...] = (
              "how long a run's owner lease lasts unrenewed; a second process with the same "
              "RUN_ID exits 75 while it lives, and takes the run over once it has expired",
              attr="lease_seconds"),
+    Variable("RESUME", _choice("auto", "discard"), "`auto`",
+             "`auto`: a rerun of a RUN_ID continues from its checkpoint if it was trained with "
+             "the same settings and data (else exit 78 naming what differs); `discard`: start "
+             "the run over", attr="resume"),
     Variable("ENV_FILE", _text, "`.env`", "another file of variables (read before the rest)",
              side="both", forward="no"),
     Variable("COS_ENDPOINT", _endpoint, "AWS's",

@@ -9,6 +9,9 @@ silent download.
 from __future__ import annotations
 
 import gzip
+import math
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +64,7 @@ def parse_idx(raw: bytes, *, name: str, ndim: int) -> np.ndarray:
     if len(raw) < header:
         raise DataError(f"{name}: truncated IDX header")
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + int(np.prod(dims))
+    expected = header + math.prod(dims)  # Python ints: a hostile header cannot overflow
     if len(raw) != expected:
         raise DataError(
             f"{name}: IDX size mismatch: header says {dims} ({expected} bytes), file has {len(raw)}"
@@ -105,8 +108,8 @@ def read_idx_dir(folder: Path) -> dict[str, np.ndarray]:
             raise DataError(f"{folder}: missing IDX file {stem} (or {stem}.gz)")
         try:
             raw = _read(path)
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            raise DataError(f"{path}: unreadable ({exc})") from None
+        except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+            raise DataError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
         arrays[key] = parse_idx(raw, name=str(path), ndim=3 if key.startswith("x") else 1)
     return arrays
 
@@ -118,8 +121,9 @@ def read_npz(path: Path) -> dict[str, np.ndarray]:
             if missing:
                 raise DataError(f"{path}: .npz lacks arrays {missing} (Keras mnist.npz layout)")
             return {k: npz[k] for k in IDX_FILES}
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc})") from None
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        # A truncated, empty or corrupt archive fails in np.load or only when an array is read.
+        raise DataError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
 
 
 def read_local(path: Path) -> dict[str, np.ndarray]:

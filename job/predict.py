@@ -9,6 +9,8 @@ import numpy as np
 from job.errors import DataError
 from job.layout import MODEL_FILE
 
+MAX_PIXELS = 4096 * 4096  # a scan or photo of a digit; more is a mistake or a decompression bomb
+
 
 def resolve_model(path: Path) -> Path:
     """A .keras file, or a run folder holding model/model.keras."""
@@ -24,11 +26,13 @@ def load_image(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise DataError(f"{path}: {img.width}x{img.height} pixels is not a digit image")
             gray = img.convert("L")
             if gray.size != (28, 28):
                 gray = gray.resize((28, 28), Image.Resampling.LANCZOS)
             pixels = np.asarray(gray, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as exc:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: not a readable image ({exc})") from None
     # MNIST digits are light strokes on a dark background; a scanned or drawn digit is usually
     # the opposite, which the model would misread.
@@ -38,7 +42,11 @@ def load_image(path: Path) -> np.ndarray:
 def predict(model_path: Path, image_paths: list[Path]) -> list[tuple[Path, int, float]]:
     import keras
 
-    model = keras.models.load_model(resolve_model(model_path), compile=False)
+    path = resolve_model(model_path)
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises what its readers raise: zip, JSON, HDF5, config
+        raise DataError(f"{path}: not a Keras model ({type(exc).__name__}: {exc})") from None
     batch = np.stack([load_image(p) for p in image_paths])[..., None]  # raw uint8: job.model
     probs = np.asarray(model.predict(batch, verbose=0))
     return [

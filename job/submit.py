@@ -17,12 +17,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from job import config as config_mod
 from job import layout, manifests
 from job.config import Config
-from job.errors import ConfigError, DataError, JobError
+from job.errors import ConfigError, DataError, JobError, TransientError
 from job.layout import CANCELLED, SUBMISSION, SUCCESS, RunFiles
 from job.publish import now_iso
 from job.store import Store
@@ -48,6 +50,15 @@ def forwarded(cfg: Config, env: dict[str, str], *, secrets: bool) -> dict[str, s
     return out
 
 
+# What docker and kubectl say when their daemon or API server cannot be reached: a retry (once
+# it is up) helps, so exit 75 rather than 70.
+UNREACHABLE = re.compile(
+    r"cannot connect|connection refused|unable to connect to the server|dial tcp|"
+    r"no such host|i/o timeout|is the docker daemon running",
+    re.IGNORECASE,
+)
+
+
 def _run(cmd: list[str], *, stdin: str | None = None) -> str:
     tool = shutil.which(cmd[0])
     if tool is None:
@@ -56,8 +67,12 @@ def _run(cmd: list[str], *, stdin: str | None = None) -> str:
         [tool, *cmd[1:]], input=stdin, capture_output=True, text=True, check=False
     )
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise JobError(f"{cmd[0]} {cmd[1]} failed (exit {proc.returncode}): {last[:300]}")
+        # The first line says what went wrong; the last is often usage help ("See 'docker
+        # run --help'.").
+        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+        said = next((line for line in lines if not line.startswith("See '")), "no output")
+        error = TransientError if UNREACHABLE.search(said) else JobError
+        raise error(f"{cmd[0]} {cmd[1]} failed (exit {proc.returncode}): {said[:300]}")
     return proc.stdout
 
 
@@ -69,7 +84,22 @@ def record(store: Store, run_id: str, backend: str, handle: str, **extra: object
 # --- local: a child process ---
 
 
-def submit_local(cfg: Config, env: dict[str, str], store: Store) -> str:
+@dataclass(frozen=True)
+class Started:
+    """What a backend says once it has accepted a run: where, and optionally how to ask it for
+    the run's state while `submit --wait` follows the run."""
+
+    where: str
+    platform_state: Callable[[], tuple[str, str | None]] | None = None
+
+
+def check_new(store: Store, run_id: str) -> None:
+    """A run id whose run has finished is never started again (nor its records changed)."""
+    if RunFiles(store, run_id).exists(SUCCESS):
+        raise ConfigError("RUN_ID", run_id, f"a run id that has not finished (it has {SUCCESS})")
+
+
+def submit_local(cfg: Config, env: dict[str, str], store: Store) -> Started:
     log = Path(tempfile.gettempdir()) / f"mnist-job-{cfg.run_id}.log"
     with log.open("ab") as out:
         child = subprocess.Popen(
@@ -79,8 +109,21 @@ def submit_local(cfg: Config, env: dict[str, str], store: Store) -> str:
             stderr=out,
             start_new_session=True,  # outlives the submitter unless --wait
         )
-    record(store, cfg.run_id, "local", str(child.pid), log=str(log))
-    return f"local process {child.pid}, log {log}"
+    try:
+        record(store, cfg.run_id, "local", str(child.pid), log=str(log))
+    except BaseException:
+        child.terminate()  # no record, no orphan: nothing could cancel or find it
+        raise
+    return Started(f"local process {child.pid}, log {log}", lambda: _child_state(child))
+
+
+def _child_state(child: subprocess.Popen) -> tuple[str, str | None]:
+    """The local backend's view of the run, for `submit --wait`: a child that died without a
+    marker is a failure `watch` reports at once instead of waiting for the stall limit."""
+    code = child.poll()
+    if code is None:
+        return "running", None
+    return ("completed", None) if code == 0 else ("failed", f"the job exited with {code}")
 
 
 def _our_process(pid: int, run_id: str) -> bool:
@@ -118,7 +161,9 @@ def docker_command(cfg: Config, image: str, gpus: bool, env_file: Path) -> list[
     return [*cmd, image, "train"]
 
 
-def submit_docker(cfg: Config, env: dict[str, str], store: Store, image: str, gpus: bool) -> str:
+def submit_docker(
+    cfg: Config, env: dict[str, str], store: Store, image: str, gpus: bool
+) -> Started:
     if not IMAGE_REF.match(image):
         raise ConfigError("--image", image, "an image reference such as mnist-job:gpu")
     variables = forwarded(cfg, env, secrets=True)  # control characters were refused by config
@@ -130,7 +175,7 @@ def submit_docker(cfg: Config, env: dict[str, str], store: Store, image: str, gp
         env_file.write_text("".join(f"{k}={v}\n" for k, v in sorted(variables.items())))
         _run(docker_command(cfg, image, gpus, env_file))
     record(store, cfg.run_id, "docker", name, image=image)
-    return f"container {name} ({image})"
+    return Started(f"container {name} ({image})")
 
 
 def cancel_docker(handle: str, cfg: Config) -> None:
@@ -183,11 +228,11 @@ def render_job(cfg: Config, env: dict[str, str], overlay: str, image: str | None
 
 def submit_k8s(
     cfg: Config, env: dict[str, str], store: Store, overlay: str, image: str | None
-) -> str:
+) -> Started:
     manifest = render_job(cfg, env, overlay, image)
     _run(["kubectl", "apply", "-f", "-"], stdin=manifest)
     record(store, cfg.run_id, "k8s", cfg.run_id, overlay=overlay)
-    return f"Kubernetes Job {cfg.run_id} (overlay {overlay})"
+    return Started(f"Kubernetes Job {cfg.run_id} (overlay {overlay})")
 
 
 def cancel_k8s(handle: str, cfg: Config) -> None:
@@ -197,14 +242,14 @@ def cancel_k8s(handle: str, cfg: Config) -> None:
 # --- wml: Watson Machine Learning runs the job package (job.wml, its own environment) ---
 
 
-def submit_wml(cfg: Config, env: dict[str, str], store: Store) -> str:
+def submit_wml(cfg: Config, env: dict[str, str], store: Store) -> Started:
     from job import wml
 
     with tempfile.TemporaryDirectory() as tmp:
         started = wml.submit(cfg, env, Path(tmp))
     handle = started.pop("handle")
     record(store, cfg.run_id, "wml", handle, **started)
-    return f"WML training {handle}; the job writes under {started['results_uri']}"
+    return Started(f"WML training {handle}; the job writes under {started['results_uri']}")
 
 
 def cancel_wml(handle: str, cfg: Config) -> None:

@@ -8,6 +8,7 @@ same path the container takes. Its return value is exactly what `metrics.json` h
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import time
 from dataclasses import replace
@@ -18,8 +19,9 @@ import numpy as np
 
 from job import artifacts, compat, data, distribute, layout, metrics, precision
 from job.callbacks import EpochReporter, StopAtAccuracy, StopOnRequest
-from job.config import Config
+from job.config import VARIABLES, Config
 from job.context import RunContext
+from job.errors import DataError
 from job.model import build_model, compile_model, layer_table, learning_rate
 from job.plan import TrainingPlan, prepare, training_plan
 from job.preemption import PreemptionGuard
@@ -54,7 +56,9 @@ def run(
         keras.utils.set_random_seed(t.seed)
         model = build(ctx, plan, chosen)
         with ctx.scope():  # restored variables must be created as the strategy's
-            first_epoch = ctx.checkpointer.restore(model)
+            first_epoch = ctx.checkpointer.restore(
+                model, resume_settings(config, ds, plan), discard=config.resume == "discard"
+            )
         with distribute.peer_errors(config.cluster):
             fit_seconds, stopper = fit(ctx, model, plan, first_epoch)
             probs, eval_seconds = evaluate(model, ds)
@@ -84,7 +88,10 @@ def load_data(config: Config, scratch: Path) -> data.Dataset:
     from job.bucket import download_data
 
     local = download_data(config.storage, location, scratch / "data")
-    return replace(data.load(config.training.dataset, local), source=location.uri)
+    try:
+        return replace(data.load(config.training.dataset, local), source=location.uri)
+    except DataError as exc:  # name the object, not the scratch copy
+        raise DataError(str(exc).replace(str(local), location.uri)) from None
 
 
 def build(ctx: RunContext, plan: TrainingPlan, chosen: str):
@@ -153,6 +160,17 @@ def evaluate(model, ds: data.Dataset) -> tuple[np.ndarray, float]:
     x_test, _ = prepare(ds.x_test, ds.y_test)
     probs = np.asarray(model.predict(x_test, batch_size=2000, verbose=0), dtype=np.float32)
     return probs, time.perf_counter() - started
+
+
+def resume_settings(config: Config, ds: data.Dataset, plan: TrainingPlan) -> dict:
+    """What must match for a checkpoint to be resumed: every training variable, as given or
+    from the recipe, the number of replicas, and a digest of the data actually used."""
+    t = config.training
+    values = {v.name: getattr(t, v.attr) for v in VARIABLES if v.section == "training" and v.attr}
+    digest = hashlib.sha256()
+    for array in (ds.x_train, ds.y_train, ds.x_test, ds.y_test):
+        digest.update(np.ascontiguousarray(array).data)
+    return {**values, "REPLICAS": plan.replicas, "DATA_SHA256": digest.hexdigest()}
 
 
 def params(config: Config, plan: TrainingPlan, chosen: str, model_params: int) -> dict:

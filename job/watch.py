@@ -17,7 +17,7 @@ from pathlib import Path
 from job.layout import FAILURE, METRICS, SUCCESS
 from job.runs import RunReader
 
-WATCH_EXIT = {"succeeded": 0, "failed": 1, "stalled": 3, "cancelled": 4}
+WATCH_EXIT = {"succeeded": 0, "failed": 1, "stalled": 3, "cancelled": 4, "not_found": 5}
 
 
 def progress_lines(status: dict, seen: set, tty: bool) -> list[str]:
@@ -73,9 +73,12 @@ def watch(
     out: Callable[[str], None] = print,
     tty: bool | None = None,
     platform_state: Callable[[], tuple[str, str | None]] | None = None,
+    appear_within: float | None = None,
 ) -> int:
     """Follow the run until it ends; `platform_state` (WML) reports the platform's own view,
-    so a run that fails before the job starts (or is cancelled there) is reported too."""
+    so a run that fails before the job starts (or is cancelled there) is reported too.
+    `appear_within`: give up on a run that has no status.json after that long (a run id that
+    nobody submitted, or a typo) instead of waiting for the stall limit."""
     tty = sys.stdout.isatty() if tty is None else tty
     started = changed = time.monotonic()
     seen: set = set()
@@ -107,7 +110,7 @@ def watch(
                 last_platform = state
             if state in ("queued", "pending"):
                 changed = time.monotonic()  # waiting for capacity is not a stall
-            if state in ("failed", "error"):
+            if state in ("failed", "error") and reader.outcome() is None:  # not a marker late
                 out(f"Run {reader.run_id} failed on the platform: {message or 'no message'}")
                 return WATCH_EXIT["failed"]
             if state == "canceled":
@@ -124,6 +127,9 @@ def watch(
             shown = f"{stale:.0f} s ago" if reader.status else "never"
             out(f"Run {reader.run_id} stalled: last heartbeat {shown} (limit {stall_after:.0f} s)")
             return WATCH_EXIT["stalled"]
+        if appear_within is not None and reader.status is None and waited > appear_within:
+            out(f"Run {reader.run_id} not found in its store after {appear_within:.0f} s")
+            return WATCH_EXIT["not_found"]
         if timeout is not None and waited > timeout:
             out(f"Run {reader.run_id} not finished after {timeout:.0f} s")
             return WATCH_EXIT["stalled"]

@@ -13,6 +13,7 @@ pins pandas 2.1, which needs numpy 1.x, while TensorFlow 2.21 brings numpy 2.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shlex
 import zipfile
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from job import __version__, layout
 from job.config import HYPERPARAMETERS, Config, Storage, Wml, given
-from job.errors import ConfigError, JobError
+from job.errors import ConfigError, JobError, TransientError
 
 PACKAGE = Path(__file__).resolve().parent
 # What the job needs beyond the WML TensorFlow runtime (which has tensorflow, numpy, pillow,
@@ -64,9 +65,26 @@ def client(wml: Wml):
         raise ConfigError("WML_APIKEY", "", "an IBM Cloud API key (or WML_TOKEN, a bearer token)")
     if not wml.space_id:
         raise ConfigError("WML_SPACE_ID", "", "the id of the deployment space to train in")
-    api = APIClient(credentials)
-    api.set.default_space(wml.space_id)
+    with reaching(wml.url):
+        api = APIClient(credentials)
+        api.set.default_space(wml.space_id)
     return api
+
+
+NETWORK_TROUBLE = ("Max retries exceeded", "Connection refused", "Failed to establish",
+                   "Name or service not known", "timed out", "Temporary failure")  # fmt: skip
+
+
+@contextlib.contextmanager
+def reaching(url: str):
+    """The WML client wraps network errors in its own exception types: an unreachable service
+    is exit 75 (retry later), not an internal error."""
+    try:
+        yield
+    except Exception as exc:
+        if any(text in str(exc) for text in NETWORK_TROUBLE):
+            raise TransientError(f"cannot reach WML_URL={url}: {type(exc).__name__}") from None
+        raise
 
 
 def cos_reference(storage: Storage, location: layout.Location) -> dict:
