@@ -88,10 +88,7 @@ class S3Store:
     def _unreachable(self, action: str, key: str, exc: BaseException) -> TransientError:
         # Connection refused, DNS, timeouts, dropped connections: after all retries.
         if type(exc).__name__ == "ResponseParserError":
-            return TransientError(
-                f"cannot {action} {self._where(key)}: COS_ENDPOINT={self.endpoint} answered "
-                "with something that is not S3 (a proxy or captive portal?)"
-            )
+            return self._not_s3(action, key)
         return TransientError(
             f"cannot {action} {self._where(key)} at COS_ENDPOINT="
             f"{self.endpoint}: {type(exc).__name__}"
@@ -135,6 +132,8 @@ class S3Store:
             if current is None or current.strip('"') != hashlib.md5(data).hexdigest():
                 raise
             return current
+        if "ETag" not in reply:  # every S3 PUT answers with one
+            raise self._not_s3("write", key)
         return reply["ETag"]
 
     def put_file(
@@ -158,11 +157,20 @@ class S3Store:
 
         with self._errors("check", key):
             try:
-                return self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ETag"]
+                reply = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") in MISSING_CODES:
                     return None
                 raise
+        if "ETag" not in reply or str(reply.get("ContentType", "")).startswith("text/html"):
+            raise self._not_s3("check", key)
+        return reply["ETag"]
+
+    def _not_s3(self, action: str, key: str) -> TransientError:
+        return TransientError(
+            f"cannot {action} {self._where(key)}: COS_ENDPOINT={self.endpoint} answered with "
+            "something that is not S3 (a proxy or captive portal?)"
+        )
 
     def get_bytes(self, key: str) -> bytes | None:
         from botocore.exceptions import ClientError
@@ -180,10 +188,7 @@ class S3Store:
         # This job never stores HTML: a proxy or captive portal that answers every request with
         # a page of its own must not be read as a run's files.
         if str(reply.get("ContentType", "")).startswith("text/html"):
-            raise TransientError(
-                f"cannot read {self._where(key)}: COS_ENDPOINT={self.endpoint} answered with an "
-                "HTML page, not S3 (a proxy or captive portal?)"
-            )
+            raise self._not_s3("read", key)
         return reply["Body"].read()
 
     def get_if_changed(self, key: str, tag: str | None) -> tuple[bytes | None, str | None]:

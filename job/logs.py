@@ -39,7 +39,8 @@ def scrub(text: str, secrets: list[str]) -> str:
     (job.config), so this never rewrites ordinary words; longest first, so a secret that
     contains another is replaced whole."""
     for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
+        if len(secret) >= 8:  # shorter ones are refused by job.config; never mangle words
+            text = text.replace(secret, REDACTED)
     return text
 
 

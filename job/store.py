@@ -144,7 +144,7 @@ class LocalStore:
         return (None, tag) if current == tag else (raw, current)
 
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        return self.etag(key) is not None
 
     def delete(self, key: str) -> None:
         path = self._path(key)

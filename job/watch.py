@@ -123,13 +123,13 @@ def watch(
         age = reader.heartbeat_age()
         stale = max(quiet, age or 0.0)
         waited = time.monotonic() - started
+        if appear_within is not None and reader.status is None and waited > appear_within:
+            out(f"Run {reader.run_id} not found in its store after {appear_within:.0f} s")
+            return WATCH_EXIT["not_found"]
         if stale > stall_after:
             shown = f"{stale:.0f} s ago" if reader.status else "never"
             out(f"Run {reader.run_id} stalled: last heartbeat {shown} (limit {stall_after:.0f} s)")
             return WATCH_EXIT["stalled"]
-        if appear_within is not None and reader.status is None and waited > appear_within:
-            out(f"Run {reader.run_id} not found in its store after {appear_within:.0f} s")
-            return WATCH_EXIT["not_found"]
         if timeout is not None and waited > timeout:
             out(f"Run {reader.run_id} not finished after {timeout:.0f} s")
             return WATCH_EXIT["stalled"]

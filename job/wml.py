@@ -84,6 +84,8 @@ def reaching(url: str):
     except Exception as exc:
         if any(text in str(exc) for text in NETWORK_TROUBLE):
             raise TransientError(f"cannot reach WML_URL={url}: {type(exc).__name__}") from None
+        if "url is not valid" in str(exc):
+            raise ConfigError("WML_URL", url, "the URL of an IBM Cloud WML region") from None
         raise
 
 

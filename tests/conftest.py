@@ -67,9 +67,7 @@ def train_in_process(
     under tmp_path/out (like tensorflow/models' mnist_test): the training path without the
     cost of a new interpreter and a TensorFlow import. Returns (metrics, run folder)."""
     from job import config, train
-    from job.store import LocalStore
 
     cfg = config.from_env({"DATA_URI": str(mnist_dir), "OUTPUT_URI": str(tmp_path / "out"), **env})
-    store = store or LocalStore(tmp_path / "out")
-    result = train.run(cfg, store=store, guard=guard)
+    result = train.run(cfg, store=store, guard=guard)  # None: the store OUTPUT_URI names
     return result, tmp_path / "out" / cfg.run_id

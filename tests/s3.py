@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 import boto3
@@ -15,9 +16,33 @@ ACCESS_KEY = "AKCANARYID0000ACCESS7F3E"
 SECRET_KEY = "CANARYSECRETz9Y8x7W6v5U4t3S2r1Q0pOnMlKjI"
 
 
+class SerialMotoServer(ThreadedMotoServer):
+    """moto's server, one request at a time: moto checks a conditional write's precondition and
+    then writes, without a lock, so two racing PUTs with If-None-Match could both pass. Real S3
+    decides them atomically; serialising requests gives the tests the same guarantee."""
+
+    def _server_entry(self) -> None:
+        from moto.moto_server.threaded_moto_server import MotoRequestHandler
+        from moto.server import DomainDispatcherApplication, create_backend_app
+        from werkzeug.serving import make_server
+
+        app = DomainDispatcherApplication(create_backend_app)
+        lock = threading.Lock()
+
+        def serial(environ, start_response):
+            with lock:
+                return list(app(environ, start_response))
+
+        self._server = make_server(
+            self._ip_address, self._port, serial, True, request_handler=MotoRequestHandler
+        )
+        self._server_ready_event.set()
+        self._server.serve_forever()
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = SerialMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"

@@ -82,6 +82,7 @@ def small_mnist(mnist_dir):
     return {k: getattr(ds, k) for k in STEMS}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("case", "env", "damage", "code", "culprit"), CASES, ids=[c[0] for c in CASES]
 )

@@ -141,6 +141,7 @@ def test_aws_variables_are_fallbacks():
 # --- the job end to end ---
 
 
+@pytest.mark.slow
 def test_train_from_bucket_to_bucket(s3_endpoint, bucket, mnist_slice, tmp_path):
     data_uri = upload_slice(s3_endpoint, bucket, mnist_slice)
     env = train_env(s3_endpoint, bucket, data_uri, "s3-e2e")
@@ -175,6 +176,7 @@ def checkpoint_epoch(endpoint, bucket, run_id) -> int:
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_after", [1, 3])
 def test_sigkill_then_rerun_resumes(kill_after, s3_endpoint, bucket, mnist_slice, tmp_path):
     run_id = f"kill-{kill_after}"
@@ -199,6 +201,7 @@ def test_sigkill_then_rerun_resumes(kill_after, s3_endpoint, bucket, mnist_slice
     assert [h["epoch"] for h in metrics["history"]] == list(range(1, 9))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_143(s3_endpoint, bucket, mnist_slice, tmp_path):
     run_id = "term"
     env = train_env(
@@ -224,6 +227,7 @@ def test_sigterm_saves_and_exits_143(s3_endpoint, bucket, mnist_slice, tmp_path)
     assert assert_published(s3_endpoint, bucket, run_id)["resumed_from_epoch"] == saved
 
 
+@pytest.mark.slow
 def test_flaky_storage_still_publishes(s3_endpoint, bucket, mnist_slice, tmp_path):
     data_uri = upload_slice(s3_endpoint, bucket, mnist_slice)
     faults = Faults(every_503=4, every_drop=7, latency_s=0.01)
@@ -235,6 +239,7 @@ def test_flaky_storage_still_publishes(s3_endpoint, bucket, mnist_slice, tmp_pat
     assert_published(s3_endpoint, bucket, "flaky")
 
 
+@pytest.mark.slow
 def test_permanent_fault_fails_with_75_and_no_success(s3_endpoint, bucket, mnist_slice, tmp_path):
     data_uri = upload_slice(s3_endpoint, bucket, mnist_slice)
     with FaultProxy(s3_endpoint, Faults(fail_path="/model/")) as proxy:
@@ -261,6 +266,7 @@ def kept_run(s3_endpoint, mnist_slice, tmp_path_factory):
     return s3_endpoint, bucket, good
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("case", "overrides", "code", "culprit"),
     [
@@ -291,6 +297,7 @@ def test_bad_storage_input_loses_nothing(case, overrides, code, culprit, kept_ru
     assert not [k for k in after if k.startswith(f"runs/bad-{case}/_SUCCESS")]
 
 
+@pytest.mark.slow
 def test_wrong_keys_end_to_end(s3_endpoint, bucket, mnist_slice, tmp_path):
     data_uri = upload_slice(s3_endpoint, bucket, mnist_slice)
     with FaultProxy(s3_endpoint, Faults(access_key="THEREALKEY")) as proxy:
@@ -299,6 +306,7 @@ def test_wrong_keys_end_to_end(s3_endpoint, bucket, mnist_slice, tmp_path):
     assert "COS_ACCESS_KEY_ID" in proc.stderr and ACCESS_KEY not in proc.stderr
 
 
+@pytest.mark.slow
 def test_no_credential_appears_anywhere(s3_endpoint, bucket, mnist_slice, tmp_path):
     """The canary: distinctive keys, a good run and a failing one, then search everything."""
     data_uri = upload_slice(s3_endpoint, bucket, mnist_slice)
@@ -315,6 +323,7 @@ def test_no_credential_appears_anywhere(s3_endpoint, bucket, mnist_slice, tmp_pa
     assert "***" in outputs[1].stdout
 
 
+@pytest.mark.slow
 def test_wml_result_dir_is_the_default_output(tmp_path, mnist_dir):
     env = job_env(
         RESULT_DIR=str(tmp_path / "results"),

@@ -1,0 +1,761 @@
+"""Hostile input, as a tester attacking the job, the store and the submitter would send it.
+
+One table per kind of attack; every row names the numbered finding it covers (issue #11), its
+expected exit code and the text its one error line must contain. Rows that act on a finished
+run also prove that nothing changed (SHA-256 of every file before and after), that nothing was
+written outside the destination, and that no process but ours was signalled (the victim is a
+`sleep` started here).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import signal
+import struct
+import subprocess
+import threading
+import time
+import zipfile
+import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from job import config, data, layout
+from job.errors import (
+    EXIT_CONFIG,
+    EXIT_DATA,
+    EXIT_TRANSIENT,
+    ConfigError,
+    DataError,
+    TransientError,
+)  # fmt: skip
+from job.preemption import PreemptionGuard
+from tests.conftest import ROOT, job_env, run_job, start_job, train_in_process
+from tests.s3 import cos_env, s3_client
+from tests.test_data import idx_bytes
+from tests.test_submit import RECORDER, recorded, stand_in
+
+TINY = {"RECIPE": "seed", "EPOCHS": "1", "TRAIN_LIMIT": "256", "TEST_LIMIT": "64"}
+
+
+def digests(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def one_error_line(stderr: str) -> str:
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, stderr[-3000:]
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr[-3000:]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, mnist_dir):
+    """A real finished run (tiny) in a local folder: the thing attacks must not change."""
+    tmp = tmp_path_factory.mktemp("finished")
+    train_in_process(tmp, mnist_dir, RUN_ID="done", **TINY)
+    return tmp / "out"
+
+
+@pytest.fixture
+def out(finished, tmp_path):
+    """A private copy of the finished run's store, and its digests."""
+    copy = tmp_path / "out"
+    shutil.copytree(finished, copy)
+    return copy
+
+
+def env_for(out: Path, **extra: str) -> dict[str, str]:
+    return job_env(**{"OUTPUT_URI": str(out), **extra})
+
+
+# --- 1, 19: watch trusts nothing it reads from the store ---------------------------------
+
+
+def forge(run: Path, name: str, content: bytes | str) -> None:
+    path = run / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+
+
+def manifest_with(run: Path, entry: dict) -> None:
+    manifest = json.loads((run / "_SUCCESS").read_text())
+    manifest["files"].append(entry)
+    (run / "_SUCCESS").write_text(json.dumps(manifest))
+
+
+WATCH_CASES = [
+    # (id and finding, how the store is damaged, exit code, text of the error line)
+    ("1-traversal-key", lambda run: manifest_with(
+        run, {"path": "images/../../../../x.txt", "size": 1, "sha256": "0" * 64}),
+     EXIT_DATA, "unsafe key 'images/../../../../x.txt'"),
+    ("1-absolute-key", lambda run: manifest_with(
+        run, {"path": "/tmp/evil.png", "size": 1, "sha256": "0" * 64}), EXIT_DATA, "unsafe key"),
+    ("19-hash-mismatch", lambda run: forge(run, "metrics.json", "{}"), EXIT_DATA,
+     "metrics.json: SHA-256 differs"),
+    ("19-corrupt-success", lambda run: forge(run, "_SUCCESS", "{not json"), EXIT_DATA,
+     "_SUCCESS: not valid JSON"),
+    ("19-success-not-object", lambda run: forge(run, "_SUCCESS", "[1]"), EXIT_DATA,
+     "_SUCCESS: not a JSON object"),
+    ("19-corrupt-status", lambda run: forge(run, "status.json", b"\xff\xfe"), EXIT_DATA,
+     "status.json: not valid JSON"),
+    ("19-corrupt-submission", lambda run: forge(run, "submission.json", "nope"), EXIT_DATA,
+     "submission.json: not valid JSON"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "damage", "code", "text"), WATCH_CASES, ids=[c[0] for c in WATCH_CASES]
+)
+def test_watch_trusts_nothing_from_the_store(case, damage, code, text, out, tmp_path):
+    damage(out / "done")
+    dest = tmp_path / "a" / "b" / "c" / "dest"
+    before_outside = digests(tmp_path)
+    proc = run_job("watch", "done", "--dest", str(dest), env=env_for(out), cwd=tmp_path)
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert text in one_error_line(proc.stderr)
+    after = digests(tmp_path)
+    new = {p for p in after if p not in before_outside and not p.startswith("a/b/c/dest/")}
+    assert new == set(), f"written outside --dest: {new}"
+    assert not (tmp_path / "x.txt").exists() and not Path("/tmp/evil.png").exists()
+    if case == "19-hash-mismatch":
+        assert not (dest / "metrics.json").exists(), "a file failing its hash stays out"
+
+
+def test_1_traversal_key_in_a_bucket_writes_nothing_outside(s3_endpoint, bucket, tmp_path):
+    """In a bucket the object `run/images/../../../../x.txt` can really exist."""
+    client = s3_client(s3_endpoint)
+    body = b"pwned"
+    key = "runs/evil/images/../../../../x.txt"
+    client.put_object(Bucket=bucket, Key=key, Body=body)
+    manifest = {"run_id": "evil", "files": [
+        {"path": "images/../../../../x.txt", "size": 5,
+         "sha256": hashlib.sha256(body).hexdigest()}]}  # fmt: skip
+    client.put_object(Bucket=bucket, Key="runs/evil/_SUCCESS", Body=json.dumps(manifest))
+    client.put_object(Bucket=bucket, Key="runs/evil/status.json", Body=b"{}")
+    dest = tmp_path / "a" / "b" / "c" / "d" / "dest"
+    env = job_env(**cos_env(s3_endpoint), OUTPUT_URI=f"s3://{bucket}/runs")
+    proc = run_job("watch", "evil", "--dest", str(dest), env=env, cwd=tmp_path)
+    assert proc.returncode == EXIT_DATA and "unsafe key" in one_error_line(proc.stderr)
+    assert not list(tmp_path.rglob("x.txt"))
+
+
+def test_19_one_corrupt_run_does_not_break_runs(out, tmp_path):
+    forge(out / "broken", "status.json", "{{{{")
+    proc = run_job("runs", env=env_for(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines()}
+    assert "succeeded" in rows["done"] and "unreadable" in rows["broken"]
+    assert "broken/status.json: not valid JSON" in rows["broken"]
+
+
+# --- 2, 5: cancel acts only on our own runs --------------------------------------------------
+
+
+@pytest.fixture
+def victim():
+    """A process that is not ours to signal: it must survive every cancel below."""
+    proc = subprocess.Popen(["sleep", "120"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def submission(out: Path, run_id: str, backend: str, handle: str) -> None:
+    forge(out / run_id, "submission.json", json.dumps({"backend": backend, "handle": handle}))
+    forge(out / run_id, "status.json", json.dumps({"state": "running"}))
+
+
+CANCEL_CASES = [
+    # (id and finding, run id, backend, handle (VICTIM: the victim's pid), exit, text)
+    ("2-foreign-pid", "live", "local", "VICTIM", EXIT_CONFIG, "process"),
+    ("2-negative-pid", "live", "local", "-1", EXIT_DATA, "is not a local handle"),
+    ("2-process-group", "live", "local", "-VICTIM", EXIT_DATA, "is not a local handle"),
+    ("2-k8s-all", "live", "k8s", "--all", EXIT_DATA, "is not a k8s handle"),
+    ("2-docker-flag", "live", "docker", "--help", EXIT_DATA, "is not a docker handle"),
+    ("2-wml-injection", "live", "wml", "x; rm -rf /", EXIT_DATA, "is not a wml handle"),
+    ("5-finished-run", "done", "local", "VICTIM", EXIT_CONFIG, "has _SUCCESS"),
+    ("5-traversal-run-id", "../done", "local", "1", EXIT_CONFIG, "RUN_ID='../done'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "run_id", "backend", "handle", "code", "text"),
+    CANCEL_CASES,
+    ids=[c[0] for c in CANCEL_CASES],
+)
+def test_cancel_signals_nothing_that_is_not_ours(
+    case, run_id, backend, handle, code, text, out, victim, tmp_path
+):
+    handle = handle.replace("VICTIM", str(victim.pid))
+    if run_id == "done":
+        (out / "done" / "submission.json").write_text(
+            json.dumps({"backend": backend, "handle": handle})
+        )
+    elif "/" not in run_id:
+        submission(out, run_id, backend, handle)
+    before = digests(out)
+    bin_dir = stand_in(tmp_path, "kubectl", RECORDER)
+    stand_in(tmp_path, "docker", RECORDER)
+    env = env_for(out, PATH=f"{bin_dir}:/usr/bin:/bin", RECORD=str(tmp_path / "calls"))
+    proc = run_job("cancel", run_id, env=env, cwd=tmp_path)
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert text in one_error_line(proc.stderr)
+    assert victim.poll() is None, "the victim was signalled"
+    assert not (tmp_path / "calls").exists(), "docker/kubectl were called"
+    assert digests(out) == before, "cancel changed the store"
+
+
+# --- 5, 6, 7, 21: submit ---------------------------------------------------------------------
+
+DOCKER_DOWN = """
+import sys
+print("docker: Cannot connect to the Docker daemon at unix:///var/run/docker.sock. "
+      "Is the docker daemon running?", file=sys.stderr)
+print("See 'docker run --help'.", file=sys.stderr)
+sys.exit(125)
+"""
+
+SUBMIT_CASES = [
+    # (id and finding, extra env, extra args, docker stand-in, exit, text)
+    ("5-finished-run-id", {}, ["--run-id", "done"], RECORDER, EXIT_CONFIG, "has _SUCCESS"),
+    ("6-newline-injection", {"JOB_NAME": "x\nCOS_ENDPOINT=http://evil"}, [], RECORDER,
+     EXIT_CONFIG, "JOB_NAME="),
+    ("7-no-daemon", {}, [], DOCKER_DOWN, EXIT_TRANSIENT, "Cannot connect to the Docker daemon"),
+    ("21-image-flag", {}, ["--image=--privileged"], RECORDER, EXIT_CONFIG, "--image="),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("case", "extra", "args", "docker", "code", "text"),
+    SUBMIT_CASES,
+    ids=[c[0] for c in SUBMIT_CASES],
+)
+def test_submit_refuses_and_records_nothing(case, extra, args, docker, code, text, out, tmp_path):
+    bin_dir = stand_in(tmp_path, "docker", docker)
+    env = env_for(out, PATH=f"{bin_dir}:/usr/bin:/bin", RECORD=str(tmp_path / "calls"), **extra)
+    before = digests(out)
+    proc = run_job("submit", "--backend", "docker", *args, env=env, cwd=tmp_path)
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert text in one_error_line(proc.stderr)
+    assert digests(out) == before, "a failed submit left a record"
+
+
+def test_21_overlay_outside_the_manifests(out, tmp_path):
+    bin_dir = stand_in(tmp_path, "kubectl", RECORDER)
+    env = env_for(out, PATH=f"{bin_dir}:/usr/bin:/bin", RECORD=str(tmp_path / "calls"))
+    proc = run_job("submit", "--backend", "k8s", "--overlay", "../../job", env=env, cwd=tmp_path)
+    assert proc.returncode == EXIT_CONFIG and "--overlay=" in one_error_line(proc.stderr)
+    assert not (tmp_path / "calls").exists()
+
+
+def test_6_host_paths_stay_on_the_host(out, tmp_path):
+    bin_dir = stand_in(tmp_path, "docker", RECORDER)
+    (tmp_path / "host.env").write_text("EPOCHS=2\n")
+    env = env_for(
+        out, PATH=f"{bin_dir}:/usr/bin:/bin", RECORD=str(tmp_path / "calls"),
+        ENV_FILE=str(tmp_path / "host.env"), WORK_DIR=str(tmp_path), DATA_URI=str(tmp_path),
+    )  # fmt: skip
+    proc = run_job("submit", "--backend", "docker", "--run-id", "fwd", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (call,) = recorded(tmp_path / "calls")
+    forwarded = dict(line.split("=", 1) for line in call["env_file"].splitlines())
+    assert forwarded.get("EPOCHS") == "2", "the .env file's settings travel, as values"
+    assert not {"ENV_FILE", "WORK_DIR", "DATA_URI", "OUTPUT_URI"} & set(forwarded)
+
+
+def test_21_wml_unreachable_is_transient(out, s3_endpoint, bucket, tmp_path):
+    wml_python = ROOT / ".venv-wml" / "bin" / "python"
+    env = env_for(
+        out, **cos_env(s3_endpoint), WML_URL="https://127.0.0.1:9", WML_TOKEN="token-123456789",
+        WML_SPACE_ID="s1", OUTPUT_URI=f"s3://{bucket}/runs", DATA_URI=f"s3://{bucket}/mnist",
+        # the harness lets the real client talk to a host that is not IBM's (tests/test_wml.py)
+        PYTHONPATH=f"{ROOT}:{ROOT / 'tests' / 'wml_harness'}",
+    )  # fmt: skip
+    proc = subprocess.run(
+        [str(wml_python), "-m", "job", "submit", "--backend", "wml", "--run-id", "w1"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == EXIT_TRANSIENT, proc.stderr[-2000:]
+    assert "cannot reach WML_URL=https://127.0.0.1:9" in one_error_line(proc.stderr)
+
+
+# --- 8, 14: following runs ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_8_wait_notices_a_dead_local_child(tmp_path, mnist_dir):
+    """The child exits 78 (WORK_DIR missing) before it writes anything: --wait reports it from
+    the process itself instead of waiting out --stall-after (10 minutes here)."""
+    env = job_env(
+        OUTPUT_URI=str(tmp_path / "out"), DATA_URI=str(mnist_dir), WORK_DIR=str(tmp_path / "no"),
+        **TINY,
+    )  # fmt: skip
+    proc = run_job(
+        "submit", "--backend", "local", "--run-id", "dies", "--wait", "--interval", "0.2",
+        "--stall-after", "600", env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "failed on the platform: the job exited with 78" in proc.stdout
+
+
+def test_14_a_heartbeat_from_the_future_does_not_hide_a_stall(out, tmp_path):
+    future = {"run_id": "zombie", "state": "running", "updated_at": "2999-01-01T00:00:00Z"}
+    forge(out / "zombie", "status.json", json.dumps(future))
+    forge(out / "zombie", "submission.json", json.dumps({"backend": "k8s", "handle": "zombie"}))
+    args = ["--interval", "0.2", "--stall-after", "1"]
+    proc = run_job("watch", "zombie", *args, env=env_for(out), cwd=tmp_path)
+    assert proc.returncode == 3 and "stalled" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_14_an_unknown_run_id_is_not_found(out, tmp_path):
+    args = ["--interval", "0.2", "--stall-after", "1"]
+    proc = run_job("watch", "no-such-run", *args, env=env_for(out), cwd=tmp_path)
+    assert proc.returncode == 5 and "not found" in proc.stdout, proc.stdout + proc.stderr
+
+
+# --- 10, 11: resume only what matches ----------------------------------------------------------
+
+
+class StopAfterEpoch(PreemptionGuard):
+    """A stop request as SIGTERM makes it, once the run's status shows `epochs` epochs."""
+
+    def __init__(self, status: Path, epochs: int) -> None:
+        super().__init__()
+        self.status, self.epochs = status, epochs
+
+    def check(self) -> None:
+        if (
+            self.status.exists()
+            and json.loads(self.status.read_text()).get("epoch", 0) >= self.epochs
+        ):
+            self.requested = "SIGTERM"
+        super().check()
+
+
+@pytest.fixture
+def checkpointed(tmp_path, mnist_dir):
+    """A run stopped (as by SIGTERM) after one of three epochs: a checkpoint to resume."""
+    from job.preemption import Preempted
+
+    settings = {**TINY, "EPOCHS": "3", "RUN_ID": "half"}
+    guard = StopAfterEpoch(tmp_path / "out" / "half" / "status.json", 1)
+    with pytest.raises(Preempted):
+        train_in_process(tmp_path, mnist_dir, guard=guard, **settings)
+    assert (tmp_path / "out" / "half" / "checkpoints" / "latest.json").exists()
+    return settings
+
+
+@pytest.mark.slow
+def test_10_resume_refuses_other_settings_and_discard_starts_over(
+    checkpointed, tmp_path, mnist_dir
+):
+    with pytest.raises(ConfigError) as err:
+        train_in_process(tmp_path, mnist_dir, **{**checkpointed, "EPOCHS": "1", "RECIPE": "fast"})
+    assert err.value.exit_code == EXIT_CONFIG
+    assert (
+        "EPOCHS" in str(err.value)
+        and "RECIPE" in str(err.value)
+        and "RESUME=discard" in str(err.value)
+    )
+    result, run_dir = train_in_process(
+        tmp_path, mnist_dir, **{**checkpointed, "EPOCHS": "1", "RESUME": "discard"}
+    )
+    assert result["epochs_completed"] == 1 and result["resumed_from_epoch"] is None
+    assert not (run_dir / "_FAILURE").exists() and (run_dir / "_SUCCESS").exists()
+
+
+@pytest.mark.slow
+def test_10_resume_with_the_same_settings_continues(checkpointed, tmp_path, mnist_dir):
+    result, _ = train_in_process(tmp_path, mnist_dir, **checkpointed)
+    assert result["resumed_from_epoch"] == 1 and result["epochs_completed"] == 3
+
+
+@pytest.mark.slow
+def test_11_corrupt_checkpoint_pointer_fails_once_with_a_record(checkpointed, tmp_path, mnist_dir):
+    run_dir = tmp_path / "out" / "half"
+    (run_dir / "checkpoints" / "latest.json").write_text("{garbage")
+    with pytest.raises(DataError) as err:
+        train_in_process(tmp_path, mnist_dir, **checkpointed)
+    assert "latest.json: not valid JSON" in str(err.value)
+    failure = json.loads((run_dir / "_FAILURE").read_text())
+    assert "latest.json" in failure["reason"]
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
+
+
+# --- 12, 15: data --------------------------------------------------------------------------------
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A valid 1x1 PNG whose header claims another size (a decompression bomb's header)."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    raw = bytearray(buffer.getvalue())
+    ihdr = struct.pack(">II", width, height) + bytes(raw[24:29])
+    raw[16:29] = ihdr
+    raw[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return bytes(raw)
+
+
+def gz_corrupt(folder: Path) -> Path:
+    (folder / "t10k-images-idx3-ubyte").unlink()
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
+    return folder
+
+
+def npz(folder: Path, make) -> Path:
+    path = folder / "mnist.npz"
+    make(path)
+    return path
+
+
+def npz_bad_crc(path: Path) -> None:
+    np.savez(
+        path, **{k: np.zeros((3, 28, 28) if k[0] == "x" else 3, np.uint8) for k in data.IDX_FILES}
+    )
+    raw = bytearray(path.read_bytes())
+    raw[200] ^= 0xFF  # inside the first array's data: its CRC no longer matches
+    path.write_bytes(bytes(raw))
+
+
+def huge_header(folder: Path) -> Path:
+    header = struct.pack(">BBBBIII", 0, 0, 8, 3, 2**31, 2**31, 28)
+    (folder / "train-images-idx3-ubyte").write_bytes(header + b"\0" * 100)
+    return folder
+
+
+DATA_CASES = [
+    ("15-corrupt-gzip", gz_corrupt, "t10k-images-idx3-ubyte.gz"),
+    ("15-npz-bad-crc", lambda f: npz(f, npz_bad_crc), "mnist.npz"),
+    ("15-npz-truncated", lambda f: npz(f, lambda p: p.write_bytes(b"PK\x03\x04ab")), "mnist.npz"),
+    ("15-npz-empty", lambda f: npz(f, lambda p: p.write_bytes(b"")), "mnist.npz"),
+    ("15-idx-2^31-images", huge_header, "IDX size mismatch"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "damage", "text"), DATA_CASES, ids=[c[0] for c in DATA_CASES])
+def test_bad_data_is_a_data_error_naming_the_file(case, damage, text, tmp_path, mnist_dir):
+    folder = tmp_path / "mnist"
+    ds = data.load("mnist", mnist_dir).limited(20, 10)
+    folder.mkdir()
+    for key, stem in data.IDX_FILES.items():
+        (folder / stem).write_bytes(idx_bytes(getattr(ds, key)))
+    source = damage(folder)
+    with pytest.raises(DataError, match=text) as err:
+        data.load("mnist", source)
+    assert err.value.exit_code == EXIT_DATA
+
+
+@pytest.mark.slow
+def test_12_bucket_data_ignores_subfolders_and_errors_name_the_object(
+    s3_endpoint, bucket, tmp_path, mnist_dir
+):
+    from tests.test_storage import upload_slice
+
+    ds = data.load("mnist", mnist_dir).limited(256, 64)
+    data_uri = upload_slice(s3_endpoint, bucket, {k: getattr(ds, k) for k in data.IDX_FILES})
+    client = s3_client(s3_endpoint)
+    prefix = data_uri.split("/", 3)[3]
+    for stem in data.IDX_FILES.values():  # an old copy below the prefix, all of it junk
+        client.put_object(Bucket=bucket, Key=f"{prefix}/old/{stem}", Body=b"junk")
+    env = {**cos_env(s3_endpoint), "DATA_URI": data_uri, **TINY}
+    result, _ = train_in_process(tmp_path, mnist_dir, RUN_ID="nested", **env)
+    assert result["n_train"] == 256 and result["data_source"] == data_uri
+    client.put_object(Bucket=bucket, Key=f"{prefix}/t10k-labels-idx1-ubyte", Body=b"junk")
+    with pytest.raises(DataError) as err:
+        train_in_process(tmp_path, mnist_dir, RUN_ID="broken", **env)
+    assert f"{data_uri}/t10k-labels-idx1-ubyte" in str(err.value)
+    assert "/tmp" not in str(err.value).split(data_uri)[0]
+
+
+# --- 16: predict ----------------------------------------------------------------------------------
+
+
+def model_file(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / "m.keras"
+    if kind == "text":
+        path.write_text("not a model")
+    elif kind == "empty-zip":
+        zipfile.ZipFile(path, "w").close()
+    elif kind == "png":
+        Image.new("L", (28, 28)).save(path, format="PNG")
+    elif kind == "bad-config":
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("config.json", '{"class_name": "Nope", "config": {}}')
+            zf.writestr("metadata.json", '{"keras_version": "3.0.0"}')
+    return path
+
+
+@pytest.mark.parametrize("kind", ["text", "empty-zip", "png", "bad-config"])
+def test_16_predict_with_a_broken_model_is_a_data_error(kind, tmp_path):
+    from job.predict import predict
+
+    Image.new("L", (28, 28)).save(tmp_path / "digit.png")
+    with pytest.raises(DataError, match=r"m\.keras: not a Keras model") as err:
+        predict(model_file(tmp_path, kind), [tmp_path / "digit.png"])
+    assert err.value.exit_code == EXIT_DATA
+
+
+def test_16_predict_refuses_a_decompression_bomb(finished, tmp_path):
+    from job.predict import predict
+
+    (tmp_path / "bomb.png").write_bytes(png_claiming(20000, 20000))
+    with pytest.raises(DataError, match=r"bomb\.png") as err:
+        predict(finished / "done", [tmp_path / "bomb.png"])
+    assert err.value.exit_code == EXIT_DATA
+
+
+# --- 17, 20: where the run goes ------------------------------------------------------------------
+
+
+class CaptivePortal(BaseHTTPRequestHandler):
+    """Answers everything with 200 and a page of HTML, as a hotel network does."""
+
+    def _page(self) -> None:
+        body = b"<html><body>Please log in</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _page
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def portal():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), CaptivePortal)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_20_a_captive_portal_is_transient_not_success(portal, tmp_path, mnist_dir):
+    env = {**cos_env(portal), "OUTPUT_URI": "s3://bucket-1/runs", **TINY}
+    with pytest.raises(TransientError, match="not S3") as err:
+        train_in_process(tmp_path, mnist_dir, store=None, RUN_ID="portal", **env)
+    assert err.value.exit_code == EXIT_TRANSIENT
+
+
+def path_cases(tmp_path: Path) -> list[tuple[str, dict[str, str], str]]:
+    (tmp_path / "a-file").write_text("x")
+    return [
+        # (id and finding, env (OUTPUT_URI otherwise tmp_path/o), text of the error)
+        ("17-work-dir-missing", {"WORK_DIR": str(tmp_path / "missing")}, "WORK_DIR="),
+        ("17-work-dir-a-file", {"WORK_DIR": str(tmp_path / "a-file")}, "WORK_DIR="),
+        ("17-output-name-too-long", {"OUTPUT_URI": str(tmp_path / ("x" * 300))}, "OUTPUT_URI="),
+        ("17-output-a-file", {"OUTPUT_URI": str(tmp_path / "a-file")}, "OUTPUT_URI="),
+        ("17-output-under-proc", {"OUTPUT_URI": "/proc/mnist-runs"}, "OUTPUT_URI="),
+    ]
+
+
+@pytest.mark.parametrize("index", range(5), ids=lambda i: f"case{i}")
+def test_17_path_problems_are_configuration_errors(index, tmp_path, mnist_dir):
+    from job import train
+
+    case, env, text = path_cases(tmp_path)[index]
+    base = {"DATA_URI": str(mnist_dir), "OUTPUT_URI": str(tmp_path / "o"), "RUN_ID": "paths"}
+    cfg = config.from_env({**base, **TINY, **env})
+    with pytest.raises(ConfigError, match=text) as err:
+        train.run(cfg)
+    assert err.value.exit_code == EXIT_CONFIG, case
+
+
+# --- 13, 18, 22: parsing ------------------------------------------------------------------------
+
+PARSE_CASES = [
+    ("13-evaluator-only", {"TF_CONFIG": json.dumps(
+        {"cluster": {"evaluator": ["e:1"]}, "task": {"type": "evaluator", "index": 0}})},
+     "TF_CONFIG"),
+    ("22-index-true", {"TF_CONFIG": json.dumps(
+        {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": True}})},
+     "TF_CONFIG"),
+    ("22-one-char-secret", {"COS_SECRET_ACCESS_KEY": "s"}, "COS_SECRET_ACCESS_KEY"),
+    ("22-underscore-int", {"EPOCHS": "1_0"}, "EPOCHS"),
+    ("22-arabic-indic-digits", {"EPOCHS": "\u0661\u0662"}, "EPOCHS"),
+    ("22-denormal-rate", {"LEARNING_RATE": "1e-320"}, "LEARNING_RATE"),
+    ("22-s3-one-slash", {"OUTPUT_URI": "s3:/b"}, "OUTPUT_URI"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "env", "variable"), PARSE_CASES, ids=[c[0] for c in PARSE_CASES])
+def test_strict_parsing(case, env, variable):
+    with pytest.raises(ConfigError) as err:
+        layout.check(config.from_env(env))
+    assert err.value.variable == variable and err.value.exit_code == EXIT_CONFIG
+
+
+@pytest.mark.parametrize(
+    ("content", "text"),
+    [(b"EPOCHS=3\n\xff=x\n", "UTF-8"), (b'EPOCHS="unterminated\n', "line 1")],
+    ids=["18-not-utf8", "18-unterminated-quote"],
+)
+def test_18_a_broken_env_file_stops_the_job(content, text, tmp_path):
+    (tmp_path / ".env").write_bytes(content)
+    proc = run_job("config", env=job_env(), cwd=tmp_path)
+    assert proc.returncode == EXIT_CONFIG and text in one_error_line(proc.stderr)
+
+
+def test_22_scrubbing_never_reveals_a_secret():
+    from job import logs
+
+    secret = "SECRETsecret-123"
+    line = logs.error_line(f"cannot log in with {secret} at s3://bucket", [secret, "SECRET", "s"])
+    assert line == "error: cannot log in with *** at s3://bucket", "longest first, words kept"
+
+
+# --- 9, 22: signals -----------------------------------------------------------------------------
+
+
+def wait_for_epoch(status: Path, proc: subprocess.Popen) -> None:
+    while proc.poll() is None:
+        if status.exists() and json.loads(status.read_text()).get("epoch", 0) >= 1:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"the job ended early: {proc.stderr.read()[-2000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("signals", "code"), [([signal.SIGINT], 130), ([signal.SIGTERM] * 20, 143)],
+    ids=["9-sigint-without-a-terminal", "22-burst-of-sigterms"],
+)  # fmt: skip
+def test_signals_stop_cleanly(signals, code, tmp_path, mnist_dir):
+    env = job_env(
+        RUN_ID="sig", OUTPUT_URI=str(tmp_path / "out"), DATA_URI=str(mnist_dir),
+        RECIPE="seed", EPOCHS="50", TRAIN_LIMIT="2000", TEST_LIMIT="200",
+    )  # fmt: skip
+    proc = start_job("train", env=env, cwd=tmp_path)
+    wait_for_epoch(tmp_path / "out" / "sig" / "status.json", proc)
+    for sig in signals:
+        proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == code, stderr[-2000:]
+    one_error_line(stderr)
+    status = json.loads((tmp_path / "out" / "sig" / "status.json").read_text())
+    assert status["state"] == "preempted"
+    assert (tmp_path / "out" / "sig" / "checkpoints" / "latest.json").exists()
+
+
+# --- 3: one owner per run ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_3_a_second_process_finds_the_live_owner(out, tmp_path, mnist_dir):
+    """A holds the run (a live lease); B with the same RUN_ID exits 75 naming A, writing
+    nothing; and a finished run is left alone by everyone."""
+    from job.ownership import Lease, RunOwned
+    from job.publish import RunPublisher
+    from job.store import LocalStore
+
+    store = LocalStore(out)
+    holder = Lease(RunPublisher(store, "busy"), seconds=60)
+    holder.me["host"] = "another-host"  # not this machine: only expiry ends its lease
+    holder.acquire()
+    before = digests(out)
+    with pytest.raises(RunOwned, match="owned by another-host") as err:
+        train_in_process(tmp_path, mnist_dir, store=store, RUN_ID="busy", **TINY)
+    assert err.value.exit_code == EXIT_TRANSIENT
+    assert digests(out) == before
+
+
+@pytest.mark.slow
+def test_3_a_zombie_owner_cannot_change_a_run_finished_after_takeover(tmp_path, mnist_dir):
+    """B claims the run and is frozen (SIGSTOP) after loading data, long enough for its lease
+    to expire; A takes the run over and publishes it; B wakes up, finds its writes refused,
+    and exits 75 without changing one byte of A's run."""
+    out = tmp_path / "out"
+    env = job_env(
+        RUN_ID="race", OUTPUT_URI=str(out), DATA_URI=str(mnist_dir), LEASE_SECONDS="10", **TINY
+    )
+    b = start_job("train", env=env, cwd=tmp_path)
+    while b.poll() is None and not (out / "race" / "status.json").exists():
+        time.sleep(0.05)
+    b.send_signal(signal.SIGSTOP)
+    try:
+        owner = json.loads((out / "race" / "owner.json").read_text())
+        assert owner["pid"] == b.pid
+        owner["host"] = "elsewhere"  # as if B ran on another node: A must wait for expiry
+        (out / "race" / "owner.json").write_text(json.dumps(owner))
+        a = run_job("train", env=env, cwd=tmp_path)  # B's lease is live: A must not start
+        assert a.returncode == EXIT_TRANSIENT and "owned by elsewhere" in one_error_line(a.stderr)
+        while time.time() <= owner["expires_at"]:  # B is frozen: its lease runs out
+            time.sleep(0.2)
+        a = run_job("train", env=env, cwd=tmp_path)
+        assert a.returncode == 0, a.stderr[-2000:]
+        finished = digests(out / "race")
+    finally:
+        b.send_signal(signal.SIGCONT)
+    _, stderr = b.communicate(timeout=120)
+    assert b.returncode == EXIT_TRANSIENT, stderr[-2000:]
+    assert "another process" in one_error_line(stderr)
+    assert digests(out / "race") == finished, "the zombie changed the finished run"
+
+
+@pytest.mark.slow
+def test_3_same_run_id_started_twice_20_rounds(tmp_path, mnist_dir):
+    """Two processes with the same RUN_ID started together, 20 times: one publishes, the other
+    exits 75 (a live owner) or 0 (already finished); the finished run never changes after."""
+    outcomes = []
+    for round_ in range(20):
+        out = tmp_path / f"round{round_}"
+        env = job_env(RUN_ID="twice", OUTPUT_URI=str(out), DATA_URI=str(mnist_dir), **TINY)
+        pair = [start_job("train", env=env, cwd=tmp_path) for _ in range(2)]
+        results = [(p.wait(timeout=300), p.stderr.read()) for p in pair]
+        codes = sorted(code for code, _ in results)
+        assert codes in ([0, 0], [0, EXIT_TRANSIENT]), results
+        for code, stderr in results:
+            if code == EXIT_TRANSIENT:
+                assert "owned by" in one_error_line(stderr) or "claimed" in stderr
+        run = out / "twice"
+        manifest = json.loads((run / "_SUCCESS").read_text())
+        for entry in manifest["files"]:
+            assert hashlib.sha256((run / entry["path"]).read_bytes()).hexdigest() == entry["sha256"]
+        assert json.loads((run / "status.json").read_text())["state"] == "succeeded"
+        finished = digests(run)
+        if round_ % 5 == 0:  # and a third start, later, changes nothing
+            again = run_job("train", env=env, cwd=tmp_path)
+            assert again.returncode == 0 and digests(run) == finished
+        outcomes.append(tuple(codes))
+    assert len(outcomes) == 20
+
+
+# --- 4: a peer that never joins -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_4_a_peer_that_never_starts_ends_the_chief_with_75(tmp_path, mnist_dir):
+    """Worker 0 of two, alone: creating the strategy waits for worker 1 inside native code.
+    COLLECTIVE_TIMEOUT bounds that wait; the chief records the failure and exits 75."""
+    from tests.test_distribute import free_ports
+
+    ports = free_ports(2)
+    spec = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    env = job_env(
+        RUN_ID="lonely", OUTPUT_URI=str(tmp_path / "out"), DATA_URI=str(mnist_dir),
+        COLLECTIVE_TIMEOUT="10", **TINY,
+        TF_CONFIG=json.dumps({"cluster": spec, "task": {"type": "worker", "index": 0}}),
+    )  # fmt: skip
+    proc = run_job("train", env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == EXIT_TRANSIENT, proc.stderr[-3000:]
+    line = one_error_line(proc.stderr)
+    assert ("peer" in line and "COLLECTIVE_TIMEOUT" in line) or "lost contact" in line, line
+    run = tmp_path / "out" / "lonely"
+    assert json.loads((run / "status.json").read_text())["state"] == "failed"
+    assert (run / "_FAILURE").exists() and not (run / "_SUCCESS").exists()
