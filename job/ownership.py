@@ -84,6 +84,7 @@ class Lease:
         store = self.files.store
         try:
             self.etag = store.put_bytes(self.key, self._record(), if_none_match=True)
+            self._probe()
             return
         except PreconditionFailed:
             pass
@@ -103,6 +104,20 @@ class Lease:
         except PreconditionFailed:
             raise RunOwned(f"run {self.files.run_id} was just claimed by another process") from None
         self.log.warning("lease_taken_over", previous=holder.get("host"), pid=holder.get("pid"))
+
+    def _probe(self) -> None:
+        """A create that must fail, since the lease now exists: a store that lets it through
+        ignores conditional writes, and then one owner per run is not guaranteed (what still
+        holds: the README, "One owner per run")."""
+        try:
+            self.etag = self.files.store.put_bytes(self.key, self._record(), if_none_match=True)
+        except PreconditionFailed:
+            return
+        self.log.warning(
+            "conditional_writes_ignored",
+            store=self.files.store.uri,
+            consequence="two processes with the same RUN_ID could both write this run",
+        )
 
     def _alive(self, holder: dict) -> bool:
         try:
