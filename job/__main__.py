@@ -15,7 +15,7 @@ from pathlib import Path
 
 from job import config as config_mod
 from job import layout, logs
-from job.errors import EXIT_OK, EXIT_SOFTWARE, JobError
+from job.errors import EXIT_OK, EXIT_SOFTWARE, DataError, JobError
 
 DEFAULT_IMAGE = "mnist-job:gpu"
 
@@ -172,8 +172,13 @@ def cmd_train(cfg: config_mod.Config) -> int:
     if not cfg.is_chief:
         print(f"Worker {cfg.cluster.worker_id} done; the chief publishes the results at {location}")
         return EXIT_OK
-    print(f"Baseline Error: {result['baseline_error_pct']:.2f}%")
-    print(f"Test accuracy: {100 * result['test_accuracy']:.2f}%")
+    try:
+        line = f"Baseline Error: {result['baseline_error_pct']:.2f}%"
+        accuracy = f"Test accuracy: {100 * result['test_accuracy']:.2f}%"
+    except (KeyError, TypeError, ValueError):  # a finished run's metrics.json, read back
+        raise DataError(f"{location}/metrics.json: not this job's metrics") from None
+    print(line)
+    print(accuracy)
     print(f"Results: {location}")
     return EXIT_OK
 

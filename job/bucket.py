@@ -99,8 +99,18 @@ class S3Store:
         code = str(error.get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         where = self._where(key)
-        if code in ("PreconditionFailed", "ConditionalRequestConflict") or status == 412:
+        if code in ("PreconditionFailed",) or status == 412:
             return PreconditionFailed(f"cannot {action} {where}: another writer ({code})")
+        if code == "ConditionalRequestConflict":  # S3 says: retry
+            return TransientError(f"cannot {action} {where}: {code}, retry")
+        if code == "NotImplemented" or status == 501:
+            return ConfigError(
+                "COS_ENDPOINT", self.endpoint, f"an S3 store that supports {action} ({code})"
+            )
+        if code == "AuthorizationHeaderMalformed":
+            return ConfigError("COS_REGION", "", f"the bucket's region ({code})")
+        if code in ("PermanentRedirect", "TemporaryRedirect") or status == 301:
+            return ConfigError("COS_ENDPOINT", self.endpoint, f"the bucket's endpoint ({code})")
         if code == "NoSuchBucket":
             return ConfigError(
                 self.variable, self.uri, f"an existing bucket (no bucket {self.bucket!r})"
@@ -121,9 +131,16 @@ class S3Store:
         conditions |= {"IfNoneMatch": "*"} if if_none_match else {}
         try:
             with self._errors("write", key):
-                reply = self.client.put_object(
-                    Bucket=self.bucket, Key=self._key(key), Body=data, **conditions
-                )
+                try:
+                    reply = self.client.put_object(
+                        Bucket=self.bucket, Key=self._key(key), Body=data, **conditions
+                    )
+                except Exception as exc:
+                    # If-Match on an object someone deleted: S3 answers 404, not 412.
+                    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+                    if if_match and code in MISSING_CODES:
+                        raise PreconditionFailed(f"{self._where(key)} is gone (If-Match)") from None
+                    raise
         except PreconditionFailed:
             # botocore retries a PUT whose answer was lost; if the first attempt landed, the
             # retry's condition fails on our own write. A single-part upload's ETag is the

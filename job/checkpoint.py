@@ -54,12 +54,16 @@ class Checkpointer(keras.callbacks.Callback):
             return 0
         where = self.source.where(LATEST_CHECKPOINT)
         epoch, digest, history = meta.get("epoch"), meta.get("sha256"), meta.get("history")
-        if type(epoch) is not int or epoch < 1 or not isinstance(history, list):
+        entries_ok = isinstance(history, list) and all(
+            isinstance(h, dict) and isinstance(h.get("train_seconds"), (int, float))
+            for h in history
+        )
+        if type(epoch) is not int or epoch < 1 or not entries_ok:
             raise DataError(
                 f"{where}: not a checkpoint pointer (epoch, sha256, history); "
                 "RESUME=discard starts the run over"
             )
-        saved = meta.get("settings") or {}
+        saved = meta.get("settings") if isinstance(meta.get("settings"), dict) else {}
         differ = sorted(
             k for k in settings.keys() | saved.keys() if settings.get(k) != saved.get(k)
         )

@@ -31,7 +31,6 @@ from job.errors import ConfigError
 REDACTED = "***"
 RUN_ID_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 RUN_ID_RULE = "1-63 characters of [a-z0-9-], starting and ending with a letter or digit"
-DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 DISTRIBUTIONS = ("auto", "none", "mirrored", "multi_worker")
 DEFAULT_WORKER_PORT = 2222
@@ -110,10 +109,6 @@ class Storage:
     secret_access_key: str | None = field(default=None, repr=False, metadata={"secret": True})
     region: str = "us-south"
     max_attempts: int = 6  # all attempts of one request, the first included
-
-    @property
-    def has_keys(self) -> bool:
-        return bool(self.access_key_id and self.secret_access_key)
 
 
 @dataclass(frozen=True)
@@ -291,12 +286,8 @@ def _secret(name: str, raw: str) -> str:
     return raw
 
 
-def _json_object(name: str, raw: str) -> str:
-    return raw  # parsed with the rest of the cluster variables (parse_tf_config)
-
-
 check_run_id = _pattern(RUN_ID_RE, RUN_ID_RULE)
-_dns_label = _pattern(DNS_LABEL, "a DNS label: 1-63 of [a-z0-9-], alphanumeric at both ends")
+_dns_label = _pattern(RUN_ID_RE, "a DNS label: 1-63 of [a-z0-9-], alphanumeric at both ends")
 _endpoint = _pattern(
     re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+(:\d+)?/?"), "an http(s)://host[:port] URL"
 )
@@ -401,7 +392,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("COLLECTIVE_TIMEOUT", _int(5, 86_400), "`300`",
              "seconds a worker waits on its peers before giving up (exit 75)",
              "distribution", "collective_timeout"),
-    Variable("TF_CONFIG", _json_object, "-",
+    Variable("TF_CONFIG", _text, "-",  # parsed with the other cluster inputs: _cluster_from
              "TensorFlow's cluster description; built from the next five when unset",
              "cluster", forward="no"),
     Variable("WORKERS", _int(1, 4096), "`1`", "an Indexed Job's number of workers", "cluster"),
@@ -429,7 +420,6 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("WML_NODES", _int(1, 64), "`1`", "WML nodes for the training", "wml", "nodes",
              side="submitter", forward="no"),
 )  # fmt: skip
-BY_NAME = {v.name: v for v in VARIABLES}
 SECRET_NAMES = frozenset(n for v in VARIABLES if v.secret for n in (v.name, *v.fallbacks))
 # Hyperparameters: what WML shows for a training run. The training section, by construction.
 HYPERPARAMETERS = tuple(v.name for v in VARIABLES if v.section == _T)

@@ -28,7 +28,7 @@ from job.layout import METRICS
 from job.ownership import Lease, LostOwnership, RunOwned
 from job.preemption import Preempted, PreemptionGuard
 from job.publish import FinishedElsewhere, RunPublisher, now_iso
-from job.store import LocalStore, Store
+from job.store import LocalStore, PreconditionFailed, Store
 from job.watchdog import Watchdog
 
 
@@ -131,6 +131,8 @@ class RunContext:
         if self.create_strategy:
             with distribute.peer_errors(self.config.cluster):
                 self.strategy = distribute.strategy_for(self.config.distribution)
+        if self.watchdog is not None:
+            self.watchdog.pause()  # until fit begins: the data may take long to arrive
 
     def _claim(self) -> bool:
         """Take the run's lease (chief only: other workers write to scratch). False when the
@@ -160,8 +162,9 @@ class RunContext:
             if isinstance(exc, Preempted):
                 self.log.warning("preempted", signal=exc.signame)
                 self.end("preempted", str(exc))
-            elif isinstance(exc, (RunOwned, LostOwnership, FinishedElsewhere)):
-                pass  # the run is someone else's: nothing of this process may be written there
+            elif isinstance(exc, (RunOwned, LostOwnership, FinishedElsewhere, PreconditionFailed)):
+                # A refused write means another process wrote the run: it is not ours to mark.
+                self.log.error("run_not_ours", error=str(exc))
             elif exc is not None:
                 self.end("failed", f"{type(exc).__name__}: {exc}")
         finally:
@@ -179,7 +182,10 @@ class RunContext:
         manifest = self.publisher.publish(
             folder, epoch=result["epochs_completed"], epochs=result["epochs"], metrics=headline
         )
-        self.checkpointer.clear()
+        try:
+            self.checkpointer.clear()
+        except JobError as exc:  # the run stands; the checkpoints are only disk space
+            self.log.warning("checkpoints_not_cleared", error=str(exc))
         self.log.info(
             "run_published", location=self.publisher.location, files=len(manifest["files"])
         )
@@ -191,14 +197,17 @@ class RunContext:
                 return
             self._ended = True
             reason = logs.scrub(reason, self.config.secrets())
-            if self.lease is not None and self.lease.lost:
-                return
+            if self.publisher.published:
+                self.log.warning("after_publication", state=state, reason=reason)
+                return  # the run succeeded; what failed afterwards was tidying up
             try:
+                if self.lease is not None:
+                    self.lease.verify()
                 if state == "failed":
                     self.publisher.fail(reason, epoch=len(self.history), last_log=logs.recent())
                 else:
                     self.publisher.status(state, reason=reason, epoch=len(self.history))
-            except JobError as exc:
+            except JobError as exc:  # LostOwnership included: then it is not ours to record
                 self.log.error("cannot_record_end", state=state, error=str(exc))
 
     def abort(self, error: JobError) -> None:

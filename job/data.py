@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from job.errors import DataError
+from job.errors import DataError, TransientError
 
 IMAGE_SHAPE = (28, 28)
 N_CLASSES = 10
@@ -143,8 +143,8 @@ def _keras_download(dataset: str) -> dict[str, np.ndarray]:
     loader = getattr(keras.datasets, dataset)
     try:
         (x_train, y_train), (x_test, y_test) = loader.load_data()
-    except Exception as exc:  # the Keras loader raises whatever urllib raised
-        raise DataError(
+    except Exception as exc:  # the Keras loader raises whatever urllib raised: the network
+        raise TransientError(
             f"no local {dataset} data (set DATA_URI or run `make data`) and the Keras download "
             f"failed: {type(exc).__name__}: {str(exc)[:200]}"
         ) from None

@@ -114,7 +114,7 @@ def open_store(uri: str, storage: Storage, variable: str = "OUTPUT_URI"):
         return S3Store(storage, location, variable)
     from job.store import LocalStore
 
-    return LocalStore(Path(location.path))
+    return LocalStore(Path(location.path), variable)
 
 
 # --- keys read back from a store ---

@@ -16,6 +16,7 @@ and stops, so there is still one writer).
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -27,6 +28,8 @@ from job import logs
 from job.errors import TransientError
 from job.layout import OWNER, RunFiles, decode_json, to_json
 from job.store import PreconditionFailed
+
+MAX_LEASE = 3600  # the largest LEASE_SECONDS job.config accepts
 
 
 class RunOwned(TransientError):
@@ -40,6 +43,13 @@ class LostOwnership(TransientError):
 def _boot_id() -> str:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
     except OSError:
         return ""
 
@@ -66,6 +76,8 @@ class Lease:
             "boot_id": _boot_id(),
             "pid": os.getpid(),
             "process_start": process_start(os.getpid()),
+            # Containers sharing a host name and kernel may not see each other's PIDs.
+            "pid_ns": _pid_namespace(),
         }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -91,9 +103,10 @@ class Lease:
         raw, etag = store.get_if_changed(self.key, None)
         holder = decode_json(raw, self.files.where(OWNER)) if raw is not None else {}
         if raw is not None and self._alive(holder):
+            left = float(holder["expires_at"]) - time.time()
             raise RunOwned(
-                f"run {self.files.run_id} is owned by {holder.get('host')} pid "
-                f"{holder.get('pid')} (lease until {time.ctime(float(holder['expires_at']))}); "
+                f"run {self.files.run_id} is owned by {str(holder.get('host'))[:64]} pid "
+                f"{str(holder.get('pid'))[:12]} (lease for {left:.0f} s more); "
                 "not starting a second copy"
             )
         try:  # expired, or its process is gone: take it over, unless someone else just did
@@ -121,12 +134,16 @@ class Lease:
 
     def _alive(self, holder: dict) -> bool:
         try:
-            expires = float(holder["expires_at"])
+            expires, renewed = float(holder["expires_at"]), float(holder["renewed_at"])
         except (KeyError, TypeError, ValueError):
             return False  # not a lease this job wrote: nothing to respect
+        # A lease lasts at most an hour (LEASE_SECONDS): NaN, infinity or a date in the far
+        # future (a clock run wild, or a hostile writer) would otherwise block the run for good.
+        if not (math.isfinite(expires) and 0 < expires - renewed <= MAX_LEASE):
+            return False
         if expires < time.time():
             return False
-        same_machine = holder.get("host") == self.me["host"] and holder.get("boot_id") == _boot_id()
+        same_machine = all(holder.get(k) == self.me[k] for k in ("host", "boot_id", "pid_ns"))
         if same_machine and isinstance(holder.get("pid"), int):
             return process_start(holder["pid"]) == holder.get("process_start")
         return True

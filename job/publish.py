@@ -51,6 +51,7 @@ class RunPublisher(RunFiles):
     def __init__(self, store: Store, run_id: str, lease: Lease | None = None) -> None:
         super().__init__(store, run_id)
         self.lease = lease
+        self.published = False  # _SUCCESS is ours: from here on, nothing may mark a failure
         self._seen: dict[str, str | None] = {}
 
     def succeeded(self) -> bool:
@@ -83,6 +84,8 @@ class RunPublisher(RunFiles):
     def create(self, name: str, path: Path) -> None:
         """A file of this attempt: created, or replacing the debris of a failed attempt."""
         self._guard()
+        if self.lease is not None:
+            self.lease.verify()  # a new key has no version to fence on: ask the lease
         try:
             self.store.put_file(self.key(name), path, if_none_match=True)
         except PreconditionFailed:
@@ -117,14 +120,15 @@ class RunPublisher(RunFiles):
         manifest = {"run_id": self.run_id, "completed_at": now_iso(), "files": files}
         if self.lease is not None:
             self.lease.verify()
+        # A marker from an earlier failed attempt must not linger beside success.
+        if self.store.exists(self.key(FAILURE)):
+            self.delete(FAILURE)
         try:
             self.store.put_bytes(self.key(SUCCESS), to_json(manifest), if_none_match=True)
         except PreconditionFailed:
             self._unless_published()
             raise
-        # A marker from an earlier failed attempt of this run id must not linger beside success.
-        if self._seen.get(FAILURE):
-            self.delete(FAILURE)
+        self.published = True
         self.status("succeeded", **final_status)
         return manifest
 

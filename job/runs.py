@@ -18,6 +18,7 @@ from job.layout import (
     CANCELLED,
     DOWNLOADED,
     FAILURE,
+    METRICS,
     STATUS,
     SUCCESS,
     RunFiles,
@@ -38,7 +39,7 @@ class RunReader(RunFiles):
         raw, self._status_tag = self.store.get_if_changed(self.key(STATUS), self._status_tag)
         if raw is None:
             return False
-        self.status = decode_json(raw, self.where(STATUS))
+        self.status = checked_status(decode_json(raw, self.where(STATUS)), self.where(STATUS))
         return True
 
     def outcome(self) -> str | None:
@@ -69,12 +70,16 @@ class RunReader(RunFiles):
             safe_key(entry.get("path"), where)
         return files
 
-    def download(self, dest: Path) -> list[Path]:
+    def download(self, dest: Path) -> dict[str, bytes]:
         """metrics.json and the images into `dest`, each checked against its `_SUCCESS` hash
-        before it is moved in: nothing lands outside `dest`, no bad file is left behind."""
+        before it is moved in: nothing lands outside `dest`, no bad file is left behind.
+        Returns what was written, by key, as verified bytes (metrics.json is required)."""
         dest = dest.resolve()
-        written = []
-        for entry in self.manifest():
+        written: dict[str, bytes] = {}
+        entries = self.manifest()
+        if METRICS not in {e["path"] for e in entries}:
+            raise DataError(f"{self.where(SUCCESS)}: does not list {METRICS}")
+        for entry in entries:
             name = entry["path"]
             if not name.startswith(DOWNLOADED):
                 continue
@@ -91,8 +96,23 @@ class RunReader(RunFiles):
             with os.fdopen(fd, "wb") as fh:
                 fh.write(raw)
             os.replace(tmp, target)
-            written.append(target)
+            written[name] = raw
         return written
+
+
+def checked_status(status: dict, where: str) -> dict:
+    """status.json as readers use it: the fields with the types they expect (DataError if not)."""
+    history = status.get("history", [])
+    fine = (
+        isinstance(status.get("metrics", {}), dict)
+        and isinstance(history, list)
+        and all(isinstance(h, dict) and type(h.get("epoch")) is int for h in history)
+        and all(type(status.get(k, 0)) in (int, type(None)) for k in ("epoch", "epochs"))
+        and isinstance(status.get("updated_at", ""), str)
+    )
+    if not fine:
+        raise DataError(f"{where}: fields of the wrong type (history, metrics, epoch, epochs)")
+    return status
 
 
 def run_row(store: Store, run_id: str) -> dict:

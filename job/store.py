@@ -148,7 +148,10 @@ class LocalStore:
 
     def delete(self, key: str) -> None:
         path = self._path(key)
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise self._os_error("delete", path, exc) from None
         # Folders exist only through their files, as in a bucket: drop the emptied ones.
         for parent in path.parents:
             if parent == self.root or not parent.is_relative_to(self.root):
@@ -160,10 +163,13 @@ class LocalStore:
 
     def list(self, prefix: str) -> list[str]:
         base = self._path(prefix.rstrip("/")) if prefix else self.root
-        if not base.is_dir():
-            return []
-        return sorted(
-            p.relative_to(self.root).as_posix()
-            for p in base.rglob("*")
-            if p.is_file() and not p.name.startswith(".")  # a write in progress
-        )
+        try:
+            if not base.is_dir():
+                return []
+            return sorted(
+                p.relative_to(self.root).as_posix()
+                for p in base.rglob("*")
+                if p.is_file() and not p.name.startswith(".")  # a write in progress
+            )
+        except OSError as exc:
+            raise self._os_error("list", base, exc) from None

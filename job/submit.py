@@ -9,6 +9,7 @@ store are untrusted: each backend checks its own before acting on it. No TensorF
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -25,9 +26,9 @@ from job import config as config_mod
 from job import layout, manifests
 from job.config import Config
 from job.errors import ConfigError, DataError, JobError, TransientError
-from job.layout import CANCELLED, SUBMISSION, SUCCESS, RunFiles
+from job.layout import CANCELLED, SUBMISSION, SUCCESS, RunFiles, to_json
 from job.publish import now_iso
-from job.store import Store
+from job.store import PreconditionFailed, Store
 
 K8S_IMAGE = "icr.io/mnist/mnist-job"  # the name the overlays give the image
 IMAGE_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]{0,254}$")
@@ -156,6 +157,12 @@ def docker_command(cfg: Config, image: str, gpus: bool, env_file: Path) -> list[
         host = Path(output.path).resolve()
         host.mkdir(parents=True, exist_ok=True)
         cmd += ["-v", f"{host}:/runs", "-e", "OUTPUT_URI=/runs"]
+    data = layout.parse("DATA_URI", cfg.data_uri) if cfg.data_uri else None
+    if data is not None and not data.is_bucket:
+        # A host path means nothing in the container: mount it, read-only, where it points.
+        host = Path(data.path).resolve()
+        inside = f"/data/{host.name}"
+        cmd += ["-v", f"{host}:{inside}:ro", "-e", f"DATA_URI={inside}"]
     if gpus:
         cmd += ["--gpus", "all"]
     return [*cmd, image, "train"]
@@ -173,7 +180,14 @@ def submit_docker(
         env_file = Path(tmp) / "job.env"
         env_file.touch(mode=0o600)
         env_file.write_text("".join(f"{k}={v}\n" for k, v in sorted(variables.items())))
-        _run(docker_command(cfg, image, gpus, env_file))
+        try:
+            _run(docker_command(cfg, image, gpus, env_file))
+        except JobError:
+            # `docker run -d` can fail after creating the container (no GPU driver, say): no
+            # orphan left to block the next submit under the same name.
+            with contextlib.suppress(JobError):
+                _run(["docker", "rm", "-f", name])
+            raise
     record(store, cfg.run_id, "docker", name, image=image)
     return Started(f"container {name} ({image})")
 
@@ -298,5 +312,10 @@ def cancel(store: Store, cfg: Config) -> str:
     if submitted is None:
         raise ConfigError("RUN_ID", run_id, "a run started by `python -m job submit`")
     CANCEL[submitted["backend"]](submitted["handle"], cfg)
-    files.put_json(CANCELLED, {"run_id": run_id, "cancelled_at": now_iso()})
+    # The job may have finished its publication while it was being stopped: then it stands,
+    # and no marker goes beside its _SUCCESS.
+    if not files.exists(SUCCESS):
+        body = to_json({"run_id": run_id, "cancelled_at": now_iso()})
+        with contextlib.suppress(PreconditionFailed):  # cancelled before: one marker is enough
+            store.put_bytes(files.key(CANCELLED), body, if_none_match=True)
     return f"{submitted['backend']} {submitted['handle']}"

@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from job.layout import FAILURE, METRICS, SUCCESS
+from job.errors import DataError
+from job.layout import FAILURE, METRICS, SUCCESS, decode_json
 from job.runs import RunReader
 
 WATCH_EXIT = {"succeeded": 0, "failed": 1, "stalled": 3, "cancelled": 4, "not_found": 5}
@@ -91,8 +92,14 @@ def watch(
                 out(line)
         if outcome == "succeeded":
             files = reader.download(download_to)
-            metrics = json.loads((download_to / METRICS).read_text())
-            for line in summary(metrics, download_to):
+            metrics = decode_json(files[METRICS], reader.where(METRICS))
+            try:
+                lines = summary(metrics, download_to)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise DataError(
+                    f"{reader.where(METRICS)}: not this job's metrics ({exc})"
+                ) from None
+            for line in lines:
                 out(line)
             out(f"Downloaded {len(files)} files, hashes match {SUCCESS}")
             return WATCH_EXIT["succeeded"]

@@ -26,6 +26,7 @@ class Watchdog(keras.callbacks.Callback):
         self.on_stall = on_stall
         self._last = time.monotonic()
         self._stop = threading.Event()
+        self._paused = False
         self._thread = threading.Thread(target=self._watch, name="watchdog", daemon=True)
 
     def feed(self, *_args, **_kwargs) -> None:
@@ -35,10 +36,15 @@ class Watchdog(keras.callbacks.Callback):
 
     def arm(self) -> None:
         """Start watching now: from before the strategy exists (a peer that never joins blocks
-        its creation) until training ends."""
+        its creation) until training ends, with a pause (`pause`) for local work such as a
+        data download, which may take longer than the peers' timeout."""
         self.feed()
+        self._paused = False
         if not self._thread.is_alive():
             self._thread.start()
+
+    def pause(self) -> None:
+        self._paused = True
 
     def on_train_begin(self, logs=None) -> None:
         self.arm()
@@ -48,6 +54,8 @@ class Watchdog(keras.callbacks.Callback):
 
     def _watch(self) -> None:
         while not self._stop.wait(1.0):
+            if self._paused:
+                continue
             idle = time.monotonic() - self._last
             if idle > self.timeout:
                 self.on_stall(

@@ -725,6 +725,8 @@ def test_3_same_run_id_started_twice_20_rounds(tmp_path, mnist_dir):
                 assert "owned by" in one_error_line(stderr) or "claimed" in stderr
         run = out / "twice"
         manifest = json.loads((run / "_SUCCESS").read_text())
+        listed = {entry["path"] for entry in manifest["files"]}
+        assert set(digests(run)) == listed | {"_SUCCESS", "status.json"}, "no debris beside it"
         for entry in manifest["files"]:
             assert hashlib.sha256((run / entry["path"]).read_bytes()).hexdigest() == entry["sha256"]
         assert json.loads((run / "status.json").read_text())["state"] == "succeeded"
