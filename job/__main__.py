@@ -81,17 +81,16 @@ def cmd_watch(cfg: config_mod.Config, args: argparse.Namespace, platform_state=N
     """Follow a run; `platform_state`: the backend's own view (a local child), if known."""
     from job.layout import open_store
     from job.runs import RunReader
-    from job.submit import submission
+    from job.submit import run_store, submission
     from job.watch import watch
 
     store = open_store(cfg.output_uri, cfg.storage)
     submitted = submission(store, cfg.run_id) or {}
+    store = run_store(cfg, store, submitted)
     if submitted.get("backend") == "wml":
         from job import wml
 
-        # WML: the job's run folder is inside WML's results, <OUTPUT_URI>/<training id>/.
         training_id = submitted["handle"]  # checked by submission(): a WML id
-        store = open_store(layout.run_uri(cfg.output_uri, training_id), cfg.storage)
         api = wml.client(cfg.wml)
 
         def platform_state():
@@ -116,7 +115,7 @@ def cmd_submit(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
     env = config_mod.read_environment()
     store = open_store(cfg.output_uri, cfg.storage)
-    submit.check_new(store, cfg.run_id)
+    submit.check_new(cfg, store)
     if args.backend == "local":
         started = submit.submit_local(cfg, env, store)
     elif args.backend == "docker":
@@ -176,7 +175,7 @@ def cmd_train(cfg: config_mod.Config) -> int:
         line = f"Baseline Error: {result['baseline_error_pct']:.2f}%"
         accuracy = f"Test accuracy: {100 * result['test_accuracy']:.2f}%"
     except (KeyError, TypeError, ValueError):  # a finished run's metrics.json, read back
-        raise DataError(f"{location}/metrics.json: not this job's metrics") from None
+        raise DataError(f"{location}/{layout.METRICS}: not this job's metrics") from None
     print(line)
     print(accuracy)
     print(f"Results: {location}")

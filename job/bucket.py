@@ -228,9 +228,10 @@ class S3Store:
     def exists(self, key: str) -> bool:
         return self.etag(key) is not None
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        condition = {"IfMatch": if_match} if if_match else {}
         with self._errors("delete", key):
-            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key), **condition)
 
     def list(self, prefix: str) -> list[str]:
         base = self._key(prefix)

@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 
 from job import logs
-from job.errors import TransientError
+from job.errors import DataError, TransientError
 from job.layout import OWNER, RunFiles, decode_json, to_json
 from job.store import PreconditionFailed
 
@@ -101,7 +101,7 @@ class Lease:
         except PreconditionFailed:
             pass
         raw, etag = store.get_if_changed(self.key, None)
-        holder = decode_json(raw, self.files.where(OWNER)) if raw is not None else {}
+        holder = self.holder(raw)
         if raw is not None and self._alive(holder):
             left = float(holder["expires_at"]) - time.time()
             raise RunOwned(
@@ -117,6 +117,20 @@ class Lease:
         except PreconditionFailed:
             raise RunOwned(f"run {self.files.run_id} was just claimed by another process") from None
         self.log.warning("lease_taken_over", previous=holder.get("host"), pid=holder.get("pid"))
+
+    def holder(self, raw: bytes | None) -> dict:
+        """The lease record read back; one that is not JSON is nobody's lease (taken over)."""
+        if raw is None:
+            return {}
+        try:
+            return decode_json(raw, self.files.where(OWNER))
+        except DataError:
+            return {}
+
+    def live_holder(self) -> dict | None:
+        """The record of a live lease on the run (another process's), else None."""
+        holder = self.holder(self.files.store.get_bytes(self.key))
+        return holder if holder and self._alive(holder) else None
 
     def _probe(self) -> None:
         """A create that must fail, since the lease now exists: a store that lets it through
@@ -183,7 +197,8 @@ class Lease:
         if self.lost or self.etag is None:
             return
         try:
-            if self.files.store.etag(self.key) == self.etag:
-                self.files.store.delete(self.key)
+            self.files.store.delete(self.key, if_match=self.etag)
+        except PreconditionFailed:
+            pass  # no longer ours: leave the new owner's lease alone
         except Exception as exc:  # it expires by itself
             self.log.warning("lease_not_released", error=str(exc))

@@ -41,7 +41,7 @@ class Store(Protocol):
     def get_if_changed(self, key: str, tag: str | None) -> tuple[bytes | None, str | None]: ...
     def etag(self, key: str) -> str | None: ...
     def exists(self, key: str) -> bool: ...
-    def delete(self, key: str) -> None: ...
+    def delete(self, key: str, *, if_match: str | None = None) -> None: ...
     def list(self, prefix: str) -> list[str]: ...
 
 
@@ -146,10 +146,19 @@ class LocalStore:
     def exists(self, key: str) -> bool:
         return self.etag(key) is not None
 
-    def delete(self, key: str) -> None:
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
         path = self._path(key)
         try:
-            path.unlink(missing_ok=True)
+            if if_match is None:
+                path.unlink(missing_ok=True)
+            else:
+                with self._locked(path.parent):
+                    if self.etag(key) != if_match:
+                        raise PreconditionFailed(f"{path} changed (If-Match)")
+                    path.unlink()
+        except FileNotFoundError:
+            if if_match is not None:
+                raise PreconditionFailed(f"{path} is gone (If-Match)") from None
         except OSError as exc:
             raise self._os_error("delete", path, exc) from None
         # Folders exist only through their files, as in a bucket: drop the emptied ones.

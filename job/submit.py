@@ -94,10 +94,27 @@ class Started:
     platform_state: Callable[[], tuple[str, str | None]] | None = None
 
 
-def check_new(store: Store, run_id: str) -> None:
-    """A run id whose run has finished is never started again (nor its records changed)."""
-    if RunFiles(store, run_id).exists(SUCCESS):
+def run_store(cfg: Config, store: Store, submitted: dict | None) -> Store:
+    """Where the run's own files are: beside submission.json, except for WML, which puts the
+    job's results under `<OUTPUT_URI>/<training id>/` (job.wml)."""
+    if submitted and submitted.get("backend") == "wml":
+        training = layout.run_uri(cfg.output_uri, submitted["handle"])  # checked: a WML id
+        return layout.open_store(training, cfg.storage)
+    return store
+
+
+def check_new(cfg: Config, store: Store) -> None:
+    """A run id whose run has finished is never started again (nor its records changed), and
+    one that a live process owns is not started twice."""
+    from job.ownership import Lease, RunOwned
+
+    run_id = cfg.run_id
+    files = RunFiles(run_store(cfg, store, submission(store, run_id)), run_id)
+    if files.exists(SUCCESS):
         raise ConfigError("RUN_ID", run_id, f"a run id that has not finished (it has {SUCCESS})")
+    holder = Lease(files, cfg.lease_seconds).live_holder()
+    if holder:
+        raise RunOwned(f"run {run_id} is running ({str(holder.get('host'))[:64]}); not submitted")
 
 
 def submit_local(cfg: Config, env: dict[str, str], store: Store) -> Started:
@@ -114,6 +131,7 @@ def submit_local(cfg: Config, env: dict[str, str], store: Store) -> Started:
         record(store, cfg.run_id, "local", str(child.pid), log=str(log))
     except BaseException:
         child.terminate()  # no record, no orphan: nothing could cancel or find it
+        child.wait(timeout=60)  # it stops at its first check (job.preemption)
         raise
     return Started(f"local process {child.pid}, log {log}", lambda: _child_state(child))
 
@@ -208,6 +226,10 @@ def render_job(cfg: Config, env: dict[str, str], overlay: str, image: str | None
         raise ConfigError("--overlay", overlay, f"one of {', '.join(names)}")
     if image is not None and not IMAGE_REF.match(image):
         raise ConfigError("--image", image, "an image reference such as icr.io/ns/mnist-job:tag")
+    for variable, uri in (("OUTPUT_URI", cfg.output_uri), ("DATA_URI", cfg.data_uri)):
+        if uri and not layout.parse(variable, uri).is_bucket:
+            # A pod cannot see this machine's folders, and `watch` would look in the wrong place.
+            raise ConfigError(variable, uri, "an s3:// URI for a Kubernetes run")
     settings = forwarded(cfg, env, secrets=False)
     settings.pop("RUN_ID")  # the manifests take it from the Job's name
     patch = [{"op": "replace", "path": "/metadata/name", "value": cfg.run_id}]
@@ -305,12 +327,12 @@ def cancel(store: Store, cfg: Config) -> str:
     """Stop `cfg.run_id` through the backend that started it (the run id was validated like
     RUN_ID: it becomes part of keys and handles)."""
     run_id = cfg.run_id
-    files = RunFiles(store, run_id)
-    if files.exists(SUCCESS):
-        raise ConfigError("RUN_ID", run_id, f"a run that has not finished (it has {SUCCESS})")
     submitted = submission(store, run_id)
     if submitted is None:
         raise ConfigError("RUN_ID", run_id, "a run started by `python -m job submit`")
+    files = RunFiles(run_store(cfg, store, submitted), run_id)
+    if files.exists(SUCCESS):
+        raise ConfigError("RUN_ID", run_id, f"a run that has not finished (it has {SUCCESS})")
     CANCEL[submitted["backend"]](submitted["handle"], cfg)
     # The job may have finished its publication while it was being stopped: then it stands,
     # and no marker goes beside its _SUCCESS.

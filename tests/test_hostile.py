@@ -111,6 +111,11 @@ WATCH_CASES = [
      "status.json: not valid JSON"),
     ("19-corrupt-submission", lambda run: forge(run, "submission.json", "nope"), EXIT_DATA,
      "submission.json: not valid JSON"),
+    ("19-status-wrong-types", lambda run: forge(run, "status.json", json.dumps(
+        {"state": "running", "history": [1], "metrics": "x", "epochs": "3"})), EXIT_DATA,
+     "status.json: fields of the wrong type"),
+    ("19-success-without-metrics", lambda run: (run / "_SUCCESS").write_text(
+        json.dumps({"files": []})), EXIT_DATA, "does not list metrics.json"),
 ]  # fmt: skip
 
 
@@ -152,11 +157,13 @@ def test_1_traversal_key_in_a_bucket_writes_nothing_outside(s3_endpoint, bucket,
 
 def test_19_one_corrupt_run_does_not_break_runs(out, tmp_path):
     forge(out / "broken", "status.json", "{{{{")
+    forge(out / "typed", "status.json", json.dumps({"metrics": [1], "history": "ab"}))
     proc = run_job("runs", env=env_for(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = {line.split()[0]: line for line in proc.stdout.splitlines()}
     assert "succeeded" in rows["done"] and "unreadable" in rows["broken"]
     assert "broken/status.json: not valid JSON" in rows["broken"]
+    assert "unreadable" in rows["typed"] and "wrong type" in rows["typed"]
 
 
 # --- 2, 5: cancel acts only on our own runs --------------------------------------------------
@@ -249,6 +256,54 @@ def test_submit_refuses_and_records_nothing(case, extra, args, docker, code, tex
     assert proc.returncode == code, proc.stdout + proc.stderr
     assert text in one_error_line(proc.stderr)
     assert digests(out) == before, "a failed submit left a record"
+
+
+def test_5_a_run_owned_by_a_live_process_is_not_submitted_again(out, tmp_path):
+    from job.ownership import Lease
+    from job.publish import RunPublisher
+    from job.store import LocalStore
+
+    holder = Lease(RunPublisher(LocalStore(out), "busy"), seconds=60)
+    holder.acquire()  # this test process: alive
+    bin_dir = stand_in(tmp_path, "docker", RECORDER)
+    env = env_for(out, PATH=f"{bin_dir}:/usr/bin:/bin", RECORD=str(tmp_path / "calls"))
+    before = digests(out)
+    proc = run_job("submit", "--backend", "docker", "--run-id", "busy", env=env, cwd=tmp_path)
+    assert proc.returncode == EXIT_TRANSIENT and "is running" in one_error_line(proc.stderr)
+    assert digests(out) == before and not (tmp_path / "calls").exists()
+
+
+def test_7_a_failed_record_leaves_no_orphan(tmp_path, mnist_dir):
+    """The store refuses the submission record (OUTPUT_URI a file): the child just started
+    is stopped, and exit 78 names the folder."""
+    (tmp_path / "a-file").write_text("x")
+    env = job_env(OUTPUT_URI=str(tmp_path / "a-file"), DATA_URI=str(mnist_dir), **TINY)
+    proc = run_job("submit", "--backend", "local", "--run-id", "orphan", env=env, cwd=tmp_path)
+    assert proc.returncode == EXIT_CONFIG and "OUTPUT_URI=" in one_error_line(proc.stderr)
+    left = subprocess.run(["pgrep", "-f", "RUN_ID=orphan"], capture_output=True, text=True)
+    assert not [p for p in left.stdout.split() if Path(f"/proc/{p}/environ").exists()
+                and b"RUN_ID=orphan" in Path(f"/proc/{p}/environ").read_bytes()]  # fmt: skip
+
+
+def test_11_a_k8s_run_needs_bucket_uris(out, tmp_path):
+    bin_dir = stand_in(tmp_path, "kubectl", RECORDER)
+    env = env_for(out, PATH=f"{bin_dir}:/usr/bin:/bin", RECORD=str(tmp_path / "calls"))
+    proc = run_job("submit", "--backend", "k8s", "--run-id", "k1", env=env, cwd=tmp_path)
+    assert proc.returncode == EXIT_CONFIG and "OUTPUT_URI=" in one_error_line(proc.stderr)
+    assert not (tmp_path / "calls").exists()
+
+
+def test_3_a_corrupt_lease_is_nobodys(out):
+    from job.ownership import Lease
+    from job.publish import RunPublisher
+    from job.store import LocalStore
+
+    forge(out / "junk", "owner.json", json.dumps({"expires_at": float("inf"), "renewed_at": 0}))
+    lease = Lease(RunPublisher(LocalStore(out), "junk"), seconds=60)
+    lease.acquire()  # taken over: an infinite lease is not a lease
+    assert json.loads((out / "junk" / "owner.json").read_text())["pid"] == lease.me["pid"]
+    lease.release()
+    assert not (out / "junk" / "owner.json").exists()
 
 
 def test_21_overlay_outside_the_manifests(out, tmp_path):

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, job_env
+from tests.s3 import all_objects, cos_env
 from tests.test_manifests import render
 from tests.test_submit import RECORDER, recorded, stand_in
 
@@ -69,7 +70,7 @@ def test_the_wheel_ships_the_package_and_the_manifests(wheel):
     assert not [n for n in names if n.startswith(("tests/", "k8s/", "data/"))]
 
 
-def test_submit_k8s_from_the_installed_wheel(fresh, tmp_path):
+def test_submit_k8s_from_the_installed_wheel(fresh, tmp_path, s3_endpoint, bucket):
     python = fresh / "bin" / "python"
     where = run(
         python, "-c", "import job, job.manifests; print(job.__file__); print(job.manifests.root())",
@@ -82,8 +83,9 @@ def test_submit_k8s_from_the_installed_wheel(fresh, tmp_path):
         PATH=f"{bin_dir}:{job_env()['PATH']}",
         RECORD=str(tmp_path / "calls"),
         REAL_KUBECTL=shutil.which("kubectl"),
-        OUTPUT_URI=str(tmp_path / "out"),
+        OUTPUT_URI=f"s3://{bucket}/runs",  # a pod cannot see a local folder
         RECIPE="seed",
+        **cos_env(s3_endpoint),
     )
     proc = run(python, "-m", "job", "submit", "--backend", "k8s", "--overlay", "gpu",
                "--run-id", "wheel-test", env=env, cwd=tmp_path)  # fmt: skip
@@ -103,5 +105,5 @@ def test_submit_k8s_from_the_installed_wheel(fresh, tmp_path):
     assert container["env"][: len(expected["env"])] == expected["env"]  # RUN_ID, Secret refs
     added = {e["name"]: e["value"] for e in container["env"][len(expected["env"]) :]}
     assert added["RECIPE"] == "seed"  # the job's settings, added to the overlay's
-    submission = json.loads((tmp_path / "out" / "wheel-test" / "submission.json").read_text())
+    submission = json.loads(all_objects(s3_endpoint, bucket)["runs/wheel-test/submission.json"])
     assert submission["backend"] == "k8s" and submission["handle"] == "wheel-test"
