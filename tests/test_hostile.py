@@ -280,9 +280,14 @@ def test_7_a_failed_record_leaves_no_orphan(tmp_path, mnist_dir):
     env = job_env(OUTPUT_URI=str(tmp_path / "a-file"), DATA_URI=str(mnist_dir), **TINY)
     proc = run_job("submit", "--backend", "local", "--run-id", "orphan", env=env, cwd=tmp_path)
     assert proc.returncode == EXIT_CONFIG and "OUTPUT_URI=" in one_error_line(proc.stderr)
-    left = subprocess.run(["pgrep", "-f", "RUN_ID=orphan"], capture_output=True, text=True)
-    assert not [p for p in left.stdout.split() if Path(f"/proc/{p}/environ").exists()
-                and b"RUN_ID=orphan" in Path(f"/proc/{p}/environ").read_bytes()]  # fmt: skip
+    assert not [p for p in Path("/proc").glob("[0-9]*") if b"RUN_ID=orphan\0" in environ(p)]
+
+
+def environ(proc: Path) -> bytes:
+    try:
+        return (proc / "environ").read_bytes() + b"\0"
+    except OSError:  # gone, or not ours
+        return b""
 
 
 def test_11_a_k8s_run_needs_bucket_uris(out, tmp_path):
