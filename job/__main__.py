@@ -154,6 +154,7 @@ def cmd_cancel(cfg: config_mod.Config) -> int:
 
 
 def cmd_train(cfg: config_mod.Config) -> int:
+    from job import cpus
     from job.layout import open_store
     from job.preemption import PreemptionGuard
 
@@ -162,7 +163,11 @@ def cmd_train(cfg: config_mod.Config) -> int:
     guard = PreemptionGuard()
     guard.install()
     store = open_store(cfg.output_uri, cfg.storage)
+    threads, source = cpus.usable(cfg.threads)
+    cpus.before_tensorflow(threads)
     logs.import_tensorflow_quietly(cfg.logging.level)
+    cpus.size_pools(threads)
+    logs.get("job.cpus").info("threads", threads=threads, source=source)
     guard.check()
     from job import train
 

@@ -180,6 +180,7 @@ class Config:
     work_dir: str | None = None
     lease_seconds: int = 60
     resume: str = "auto"
+    threads: int | None = None
     storage: Storage = field(default_factory=Storage)
     distribution: Distribution = field(default_factory=Distribution)
     logging: Logging = field(default_factory=Logging)
@@ -369,6 +370,9 @@ VARIABLES: tuple[Variable, ...] = (
              "`auto`: a rerun of a RUN_ID continues from its checkpoint if it was trained with "
              "the same settings and data (else exit 78 naming what differs); `discard`: start "
              "the run over", attr="resume"),
+    Variable("THREADS", _int(1, 1024), "CPUs it may use",
+             "TensorFlow's thread pools; unset: the smaller of the cgroup CPU quota and the "
+             "affinity mask (logged with its source)", attr="threads"),
     Variable("ENV_FILE", _text, "`.env`", "another file of variables (read before the rest)",
              side="both", forward="no"),
     Variable("COS_ENDPOINT", _endpoint, "AWS's",
