@@ -157,11 +157,13 @@ class S3Store:
         self, key: str, path: Path, *, if_match: str | None = None, if_none_match: bool = False
     ) -> str:
         """One PUT (so it can be conditional) up to MULTIPART_THRESHOLD; a multipart upload
-        above it (unconditional: nothing this job writes is that large)."""
+        above it, which cannot carry the conditions (nothing this job writes is that large)."""
         if path.stat().st_size < MULTIPART_THRESHOLD:
             return self.put_bytes(
                 key, path.read_bytes(), if_match=if_match, if_none_match=if_none_match
             )
+        if if_match or if_none_match:  # never drop a fence silently
+            raise JobError(f"{self._where(key)}: a conditional write over 16 MiB")
         from boto3.s3.transfer import TransferConfig
 
         config = TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, use_threads=False)
@@ -190,16 +192,7 @@ class S3Store:
         )
 
     def get_bytes(self, key: str) -> bytes | None:
-        from botocore.exceptions import ClientError
-
-        with self._errors("read", key):
-            try:
-                reply = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in MISSING_CODES:
-                    return None
-                raise
-            return self._body(reply, key)
+        return self.get_if_changed(key, None)[0]  # no tag: a plain GET
 
     def _body(self, reply: dict, key: str) -> bytes:
         # This job never stores HTML: a proxy or captive portal that answers every request with

@@ -90,7 +90,10 @@ class LocalStore:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             with self._locked(target.parent):
-                current = self.etag(key)
+                # Read the current version only when a condition needs it: most writes are new
+                # files, and an old checkpoint need not be hashed to be replaced.
+                conditional = if_none_match or if_match is not None
+                current = self.etag(key) if conditional else None
                 if if_none_match and current is not None:
                     raise PreconditionFailed(f"{target} exists (If-None-Match)")
                 if if_match is not None and current != if_match:
