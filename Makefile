@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 # Run it from the repository root: `.venv-wml/bin/python -m job submit --backend wml`.
 WML_VENV := .venv-wml
 WML_STAMP := $(WML_VENV)/.installed
+TF214_VENV := .venv-tf214
+TF214_STAMP := $(TF214_VENV)/.installed
 # pip warns once per package about this machine's optional local index folders: noise.
 QUIET_PIP := { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 
@@ -20,7 +22,7 @@ REVISION := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 CPU_BASE := python:3.11-slim
 
-.PHONY: help venv venv-wml data train test lint format lock docs bench bench-short image image-test clean
+.PHONY: help venv venv-wml venv-tf214 data train test lint format lock docs bench bench-short image image-test clean
 
 help:
 	@echo "make train   - set up, fetch MNIST, train with defaults (results under ./runs)"
@@ -50,6 +52,16 @@ $(WML_STAMP): requirements-wml.lock pyproject.toml
 
 venv-wml: $(WML_STAMP)
 
+# WML's TensorFlow runtime (tensorflow_rt24.1-py3.11: TensorFlow 2.14.1, Keras 2), in which
+# tests/test_runtimes.py runs the model-definition zip's own command.
+$(TF214_STAMP): requirements-tf214.lock
+	$(PYTHON) -m venv $(TF214_VENV)
+	$(TF214_VENV)/bin/python -m pip install --quiet --upgrade "pip>=24" 2>&1 | $(QUIET_PIP)
+	$(TF214_VENV)/bin/python -m pip install --quiet -r requirements-tf214.lock 2>&1 | $(QUIET_PIP)
+	touch $(TF214_STAMP)
+
+venv-tf214: $(TF214_STAMP)
+
 data: $(STAMP)
 	$(PY) -m job data
 
@@ -64,7 +76,7 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-test: data lint $(WML_STAMP)
+test: data lint $(WML_STAMP) $(TF214_STAMP)
 	$(PY) -m pytest
 
 # The README's variable table, regenerated from job/config.py's VARIABLES (a test compares them).
@@ -77,6 +89,7 @@ lock: $(STAMP)
 	$(VENV)/bin/pip-compile -q --no-header --strip-extras --no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
 	$(VENV)/bin/pip-compile -q --no-header --strip-extras --no-emit-index-url --no-emit-find-links --extra dev -o requirements-dev.lock pyproject.toml
 	$(VENV)/bin/pip-compile -q --no-header --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-wml.lock requirements-wml.in
+	$(VENV)/bin/pip-compile -q --no-header --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-tf214.lock requirements-tf214.in
 
 image: data
 	$(ENGINE) build -f docker/Dockerfile -t $(IMAGE) \
@@ -90,7 +103,7 @@ image-test: data $(STAMP)
 	  $(PY) -m pytest -p no:cacheprovider tests/image
 
 clean:
-	rm -rf $(VENV) $(WML_VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(WML_VENV) $(TF214_VENV) .pytest_cache .ruff_cache *.egg-info
 
 bench: data
 	$(PY) bench/bench.py

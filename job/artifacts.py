@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from job import images, metrics
+from job import compat, images, metrics
 from job.data import Dataset
 from job.layout import IMAGES, METRICS, MODEL_FILE, SAVED_MODEL
 
@@ -17,7 +17,7 @@ def write(folder: Path, model, ds: Dataset, probs: np.ndarray, result: dict) -> 
     model_file = folder / MODEL_FILE
     model_file.parent.mkdir(parents=True)
     model.save(model_file)
-    model.export(str(folder / SAVED_MODEL), format="tf_saved_model", verbose=False)
+    compat.export_saved_model(model, str(folder / SAVED_MODEL))
     (folder / METRICS).write_text(json.dumps(result, indent=2) + "\n")
     pictures = folder / IMAGES
     order = metrics.misclassified(probs, ds.y_test)

@@ -1,27 +1,56 @@
-"""Work-arounds for TensorFlow's multi-worker support: Keras 3 under MultiWorkerMirroredStrategy
-(keras-team/keras#20585), and a bounded wait for peers at start-up.
+"""Every difference between the TensorFlow/Keras versions the job runs on, in one place.
 
-Keras 3.15's TensorFlow trainer breaks on two lines when the strategy is multi-worker, found by
-running two workers here:
-- `_maybe_symbolic_build` averages the first input batch across workers with
+Supported: TensorFlow 2.14 with Keras 2 (WML's `tensorflow_rt24.1-py3.11` runtime; `import
+keras` is Keras 2.14 there) through TensorFlow 2.21 with Keras 3 (the image). Each difference is
+detected by the feature itself (a parameter, a module), never by comparing version numbers, so a
+version in between takes whichever path it supports. What differs:
+
+- Exporting a SavedModel: Keras 3 has `Model.export(path, format="tf_saved_model")`; Keras
+  2.13-2.15 has `Model.export(path)`, which writes the same kind of SavedModel (a `serve`
+  endpoint and a `serving_default` signature) and takes no `format`. `export_saved_model`.
+- Multi-worker training: Keras 3.15's TensorFlow trainer breaks on two lines under
+  MultiWorkerMirroredStrategy (keras-team/keras#20585), found by running two workers here:
+  `_maybe_symbolic_build` averages the first input batch across workers with
   `strategy.reduce("MEAN", batch, axis=None)`, which CollectiveAllReduce cannot do for a
-  (features, labels) structure; the batch is only used to build the model, so one local
-  replica's share does the same job.
-- `reduce_per_replica` averages the per-step logs with `axis=0`, which fails for the scalar
-  loss and metrics; scalars need `axis=None`.
-Both patches change behaviour only under a multi-worker strategy. `steps_per_execution` above 1
-also fails there (a graph error inside the multi-step loop), so job.plan uses 1 for it.
+  (features, labels) structure (the batch is only used to build the model, so one local
+  replica's share does the same job); and `reduce_per_replica` averages the per-step logs with
+  `axis=0`, which fails for the scalar loss and metrics (scalars need `axis=None`). Keras 2
+  has neither line (no `keras.src.backend.tensorflow`), so nothing is patched there.
+  `patch_for_multi_worker`. `steps_per_execution` above 1 also fails under Keras 3's
+  multi-worker loop (a graph error), so job.plan uses 1 for it.
+- Bounding the wait for peers: TensorFlow's coordination-service protobufs moved between
+  versions (`tensorflow.tsl` in 2.14, `tensorflow.compiler.xla.tsl` later);
+  `bound_peer_registration` tries both.
+
+Everything else the job uses (`keras.Input(dtype=...)`, `Rescaling`, `CosineDecay` with
+`warmup_target`/`warmup_steps`, `optimizer.build`, `.weights.h5` weights with the optimizer's
+state, `.keras` model files, mixed-precision policies) has the same spelling in both, and
+tests/test_runtimes.py proves it by running the WML model-definition zip on TensorFlow 2.14.
 """
 
 from __future__ import annotations
 
+import inspect
 import types
 
 
+def export_saved_model(model, path: str) -> None:
+    """Write `model` as a SavedModel (for TF Serving and WML deployments) at `path`."""
+    if "format" in inspect.signature(model.export).parameters:
+        model.export(path, format="tf_saved_model", verbose=False)
+    else:
+        model.export(path)
+
+
 def patch_for_multi_worker(model) -> None:
+    """Work around keras-team/keras#20585 (module docstring); a no-op on Keras 2."""
     import tensorflow as tf
-    from keras.src import tree
-    from keras.src.backend.tensorflow import trainer
+
+    try:
+        from keras.src import tree
+        from keras.src.backend.tensorflow import trainer
+    except ImportError:
+        return
 
     def local_symbolic_build(self, iterator=None, data_batch=None):
         if iterator is not None:

@@ -1,11 +1,13 @@
 """The WML backend: the job package as a model definition, run by Watson Machine Learning.
 
 WML does not run our image: it runs a zip of code with a command on IBM's TensorFlow runtime.
-So the zip holds the `job` package, and the command installs the job's small pure-Python
-dependencies and runs `python3 -m job train` with the run id and the hyperparameters. WML
-mounts the results reference as RESULT_DIR (the run's files land in the results bucket under
-`<path>/<training id>/`) and the data reference as DATA_DIR; the job uses both by itself. The
-submission record tells `watch` where that is.
+So the zip holds the `job` package and the two pure-Python packages the runtime lacks
+(structlog, python-dotenv: `VENDORED`), and the command is only `python3 -m job train` with the
+run id and the hyperparameters: nothing is downloaded at start, so air-gapped Cloud Pak for Data
+clusters run it too. WML mounts the results reference as RESULT_DIR (the run's files land in
+the results bucket under `<path>/<training id>/`) and the data reference as DATA_DIR; the job
+uses both as local folders by itself, so it needs no boto3 there. The submission record tells
+`watch` where the results are.
 
 Runs only in the submitter's own environment (`make venv-wml`): ibm-watson-machine-learning
 pins pandas 2.1, which needs numpy 1.x, while TensorFlow 2.21 brings numpy 2.
@@ -24,18 +26,41 @@ from job.config import HYPERPARAMETERS, Config, Storage, Wml, given
 from job.errors import ConfigError, JobError, TransientError
 
 PACKAGE = Path(__file__).resolve().parent
-# What the job needs beyond the WML TensorFlow runtime (which has tensorflow, numpy, pillow,
-# matplotlib): pure-Python wheels.
-EXTRA_PACKAGES = ("structlog", "python-dotenv", "boto3")
+# What the job imports beyond WML's TensorFlow runtime (TensorFlow, numpy): pure-Python
+# distributions, copied from the submitter's environment (their versions pinned by its lock)
+# into the zip's root with their licences and metadata. The zip's root is the command's working
+# directory, first on `python3 -m`'s path, so these copies win over any the runtime has.
+# boto3 is not among them: job.bucket imports it only for s3:// locations, and on WML both
+# locations are the mounted RESULT_DIR and DATA_DIR (tests/test_runtimes.py runs the zip in an
+# environment with nothing but tensorflow-cpu 2.14.1, which has no boto3).
+VENDORED = ("structlog", "python-dotenv")
 
 
 def package_zip() -> bytes:
-    """The model definition: the `job` package, importable from the zip's root."""
+    """The model definition: the `job` package and `VENDORED`, importable from the zip's root."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
         for path in sorted(PACKAGE.rglob("*.py")):
             zf.write(path, Path("job") / path.relative_to(PACKAGE))
+        for name, path in vendored_files():
+            zf.write(path, name)
     return buffer.getvalue()
+
+
+def vendored_files() -> list[tuple[str, Path]]:
+    """(name in the zip, file) for each installed file of the `VENDORED` distributions, less
+    byte code and console scripts (which install outside site-packages: `../../bin/...`)."""
+    from importlib import metadata
+
+    files = []
+    for dist_name in VENDORED:
+        dist = metadata.distribution(dist_name)
+        for entry in dist.files or ():
+            name = entry.as_posix()
+            if name.startswith("..") or "__pycache__" in name or name.endswith(".pyc"):
+                continue
+            files.append((name, Path(dist.locate_file(entry))))
+    return sorted(files)
 
 
 def hyperparameters(env: dict[str, str]) -> dict[str, str]:
@@ -47,8 +72,7 @@ def hyperparameters(env: dict[str, str]) -> dict[str, str]:
 def command(run_id: str, env: dict[str, str]) -> str:
     settings = {"RUN_ID": run_id, "LOG_FORMAT": "json", **hyperparameters(env)}
     assigned = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(settings.items()))
-    install = "python3 -m pip install --quiet --user " + " ".join(EXTRA_PACKAGES)
-    return f"{install} && {assigned} python3 -m job train"
+    return f"{assigned} python3 -m job train"
 
 
 def client(wml: Wml):

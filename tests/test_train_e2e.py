@@ -23,6 +23,11 @@ EXPECTED_FILES = {
     "images/confusion.png",
     "images/history.png",
 }
+METRICS_KEYS = (
+    "schema_version", "run_id", "dataset", "n_train", "n_test", "epochs_completed",
+    "test_loss", "test_accuracy", "baseline_error_pct", "per_class", "confusion_matrix",
+    "misclassified_count", "history", "timings", "params",
+)  # fmt: skip
 PNG_SIZES = {  # (width, height) in pixels, as the README documents them
     "images/samples.png": (800, 400),
     "images/misclassified.png": (1000, 700),
@@ -89,11 +94,7 @@ def test_metrics_schema_and_learning(trained):
     result, run_dir, _, _ = trained
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m == result, "metrics.json is exactly what run() returns"
-    for key in (
-        "schema_version", "run_id", "dataset", "n_train", "n_test", "epochs_completed",
-        "test_loss", "test_accuracy", "baseline_error_pct", "per_class", "confusion_matrix",
-        "misclassified_count", "history", "timings", "params",
-    ):  # fmt: skip
+    for key in METRICS_KEYS:
         assert key in m, key
     assert (m["run_id"], m["dataset"], m["n_train"], m["n_test"]) == ("e2e-run", "mnist", 2000, 500)
     assert m["epochs_completed"] == 2 and len(m["history"]) == 2
