@@ -167,7 +167,7 @@ class Wml:
     token: str | None = field(default=None, repr=False, metadata={"secret": True})
     space_id: str | None = None
     hardware_spec: str = "K80"
-    software_spec: str = "tensorflow_rt24.1-py3.11"
+    software_spec: str | None = None  # None: the newest TensorFlow runtime WML offers (job.wml)
     nodes: int = 1
 
 
@@ -416,11 +416,14 @@ VARIABLES: tuple[Variable, ...] = (
              "wml", "token", side="submitter", secret=True, forward="no"),
     Variable("WML_SPACE_ID", _spec_name, "-", "the deployment space to train in", "wml",
              "space_id", side="submitter", forward="no"),
-    Variable("WML_HARDWARE_SPEC", _spec_name, "`K80`", "WML hardware specification", "wml",
-             "hardware_spec", side="submitter", forward="no"),
-    Variable("WML_SOFTWARE_SPEC", _spec_name, "`tensorflow_rt24.1-py3.11`",
-             "WML software specification", "wml", "software_spec", side="submitter",
-             forward="no"),
+    Variable("WML_HARDWARE_SPEC", _spec_name, "`K80`",
+             "WML hardware specification (one NVIDIA K80, as IBM's TensorFlow samples use); "
+             "checked against WML's list before anything is stored", "wml", "hardware_spec",
+             side="submitter", forward="no"),
+    Variable("WML_SOFTWARE_SPEC", _spec_name, "newest `tensorflow_rt<N>-py3.<M>` offered",
+             "WML software specification; unset, the TensorFlow runtime WML lists with the "
+             "highest runtime version, then Python version", "wml", "software_spec",
+             side="submitter", forward="no"),
     Variable("WML_NODES", _int(1, 64), "`1`", "WML nodes for the training", "wml", "nodes",
              side="submitter", forward="no"),
 )  # fmt: skip

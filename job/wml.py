@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import shlex
 import zipfile
 from pathlib import Path
@@ -113,6 +114,58 @@ def reaching(url: str):
         raise
 
 
+# A TensorFlow training runtime's software specification: tensorflow_rt24.1-py3.11. Variants
+# with a suffix (-edt, -dist...) are never chosen by default.
+TENSORFLOW_RUNTIME = re.compile(r"tensorflow_rt(\d+)\.(\d+)-py3\.(\d+)")
+
+
+def choose_specs(wml: Wml, software: list[str], hardware: list[str]) -> tuple[str, str]:
+    """The software and hardware specification names to train with, from what WML offers.
+
+    A name given in WML_SOFTWARE_SPEC / WML_HARDWARE_SPEC must be offered (else ConfigError
+    listing what is); unset, the software specification is the TensorFlow runtime with the
+    highest (runtime version, Python version), e.g. tensorflow_rt25.1-py3.12 over
+    tensorflow_rt24.1-py3.11."""
+    if wml.software_spec is None:
+        runtimes = [(m, n) for n in software if (m := TENSORFLOW_RUNTIME.fullmatch(n))]
+        if not runtimes:
+            raise ConfigError(
+                "WML_SOFTWARE_SPEC", "", f"a TensorFlow runtime; WML offers {listing(software)}"
+            )
+        chosen = max(runtimes, key=lambda r: tuple(int(g) for g in r[0].groups()))[1]
+    elif wml.software_spec in software:
+        chosen = wml.software_spec
+    else:
+        raise ConfigError(
+            "WML_SOFTWARE_SPEC", wml.software_spec, f"one WML offers: {listing(software)}"
+        )
+    if wml.hardware_spec not in hardware:
+        raise ConfigError(
+            "WML_HARDWARE_SPEC", wml.hardware_spec, f"one WML offers: {listing(hardware)}"
+        )
+    return chosen, wml.hardware_spec
+
+
+def listing(names: list[str]) -> str:
+    return ", ".join(sorted(set(names))) or "none"
+
+
+def offered_specs(api) -> tuple[list[str], list[str]]:
+    """The names of the software and hardware specifications WML offers (two GETs)."""
+    software = api.software_specifications.get_details()["resources"]
+    # The client has no silent list call for hardware: `list` prints a table (kept off stdout,
+    # which is the submitter's result) and returns it as a DataFrame.
+    with contextlib.redirect_stdout(io.StringIO()):
+        hardware = api.hardware_specifications.list(limit=1000)
+    return [s["metadata"]["name"] for s in software], list(hardware["NAME"])
+
+
+def python_version(software_spec: str) -> str:
+    """The Python of a runtime (its name's `-py3.N`), for the model definition's platform."""
+    found = re.search(r"-py(3\.\d+)", software_spec)
+    return found.group(1) if found else "3.11"
+
+
 def cos_reference(storage: Storage, location: layout.Location) -> dict:
     return {
         "type": "s3",
@@ -133,6 +186,8 @@ def submit(cfg: Config, env: dict[str, str], zip_dir: Path) -> dict:
         if locations[variable] is None or not locations[variable].is_bucket:
             raise ConfigError(variable, uri, "an s3:// URI: WML reads and writes buckets")
     api = client(cfg.wml)
+    with reaching(cfg.wml.url):
+        software_spec, hardware_spec = choose_specs(cfg.wml, *offered_specs(api))
     archive = zip_dir / f"mnist-job-{__version__}.zip"
     archive.write_bytes(package_zip())
     names = api.model_definitions.ConfigurationMetaNames
@@ -143,7 +198,7 @@ def submit(cfg: Config, env: dict[str, str], zip_dir: Path) -> dict:
             names.NAME: f"mnist-job-{cfg.run_id}",
             names.DESCRIPTION: "MNIST CNN training job (python -m job train)",
             names.VERSION: __version__,
-            names.PLATFORM: {"name": "python", "versions": ["3.11"]},
+            names.PLATFORM: {"name": "python", "versions": [python_version(software_spec)]},
             names.COMMAND: run_command,
         },
     )
@@ -158,8 +213,8 @@ def submit(cfg: Config, env: dict[str, str], zip_dir: Path) -> dict:
             meta.MODEL_DEFINITION: {
                 "id": definition_id,
                 "command": run_command,
-                "hardware_spec": {"name": cfg.wml.hardware_spec, "nodes": cfg.wml.nodes},
-                "software_spec": {"name": cfg.wml.software_spec},
+                "hardware_spec": {"name": hardware_spec, "nodes": cfg.wml.nodes},
+                "software_spec": {"name": software_spec},
                 "parameters": hyperparameters(env),
             },
         },
@@ -169,7 +224,10 @@ def submit(cfg: Config, env: dict[str, str], zip_dir: Path) -> dict:
     # WML writes the results reference's files under <path>/<training id>/, mounted as
     # RESULT_DIR; the job puts its run folder <run id>/ inside.
     results = locations["OUTPUT_URI"].child(training_id).uri
-    return {"handle": training_id, "results_uri": results, "model_definition": definition_id}
+    return {
+        "handle": training_id, "results_uri": results, "model_definition": definition_id,
+        "software_spec": software_spec, "hardware_spec": hardware_spec,
+    }  # fmt: skip
 
 
 def status(api, training_id: str) -> tuple[str, str | None]:

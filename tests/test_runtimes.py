@@ -159,7 +159,9 @@ def test_sigkill_on_tensorflow_2_14_then_the_same_command_resumes(model_dir, tmp
     assert rerun.returncode == 0, stderr[-3000:]
     resumed = [e for e in events(stderr) if e["event"] == "resumed"]
     assert resumed and resumed[0]["from_epoch"] == saved
-    assert [e["epoch"] for e in events(stderr) if e["event"] == "epoch"] == list(range(saved + 1, 7))
+    assert [e["epoch"] for e in events(stderr) if e["event"] == "epoch"] == list(
+        range(saved + 1, 7)
+    )
     metrics = json.loads((result_dir / "wml-kill" / "metrics.json").read_text())
     assert metrics["resumed_from_epoch"] == saved
     assert [h["epoch"] for h in metrics["history"]] == list(range(1, 7))

@@ -208,3 +208,42 @@ def test_the_submitter_environment_has_no_tensorflow(wml_env, tmp_path):
     assert missing.returncode != 0 and "No module named 'tensorflow'" in missing.stderr
     proc = wml("runs", env=wml_env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_unset_software_spec_takes_the_newest_tensorflow_runtime(standin, wml_env, tmp_path):
+    env = {k: v for k, v in wml_env.items() if k not in ("WML_SOFTWARE_SPEC", "WML_HARDWARE_SPEC")}
+    training_id, submission = submit("wml-newest", env, tmp_path)
+    definition = standin.trainings[training_id]["entity"]["model_definition"]
+    # Offered: tensorflow_rt24.1-py3.11, tensorflow_rt25.1-py3.12 and its -edt variant.
+    assert definition["software_spec"] == {"name": "tensorflow_rt25.1-py3.12"}
+    assert definition["hardware_spec"] == {"name": "K80", "nodes": 1}, "the documented default"
+    assert (submission["software_spec"], submission["hardware_spec"]) == (
+        "tensorflow_rt25.1-py3.12", "K80",
+    )  # fmt: skip
+    (asset,) = [r["json"] for r in standin.requests if r["path"] == "/v2/assets"]
+    assert '"versions": ["3.12"]' in json.dumps(asset), "the model definition's Python matches"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "offered"),
+    [
+        ("WML_SOFTWARE_SPEC", "tensorflow_rt99.1-py3.11", "tensorflow_rt24.1-py3.11"),
+        ("WML_HARDWARE_SPEC", "H100x8", "K80x2"),
+        ("WML_SOFTWARE_SPEC", None, "runtime-24.1-py3.11"),  # no TensorFlow runtime at all
+    ],
+)
+def test_a_spec_wml_does_not_offer_is_refused_before_anything_is_stored(
+    standin, wml_env, tmp_path, variable, value, offered
+):
+    env = {k: v for k, v in wml_env.items() if k != variable}
+    if value is None:
+        standin.software_specs = [n for n in standin.software_specs if "tensorflow" not in n]
+    else:
+        env[variable] = value
+    proc = wml("submit", "--backend", "wml", "--run-id", "wml-spec", env=env, cwd=tmp_path)
+    assert proc.returncode == 78, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert variable in line and offered in line and (value or "TensorFlow") in line
+    assert not standin.uploads and not standin.trainings
+    assert not [r for r in standin.requests if r["path"] == "/v2/assets"]
+    assert not [k for k in all_objects_for(env) if k.startswith("runs/wml-spec")]

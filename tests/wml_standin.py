@@ -55,8 +55,38 @@ def self_signed(dest: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+# What the specification lists hold (the names of WML on Cloud Pak for Data 5.x; Runtime 25.1's
+# TensorFlow entry is one WML may offer, not confirmed).
+SOFTWARE_SPECS = (
+    "runtime-24.1-py3.11", "runtime-25.1-py3.12", "tensorflow_rt24.1-py3.11",
+    "tensorflow_rt25.1-py3.12", "tensorflow_rt25.1-py3.12-edt", "pytorch-onnx_rt24.1-py3.11",
+    "pytorch-onnx_rt25.1-py3.12", "autoai-kb_rt24.1-py3.11", "spss-modeler_18.2",
+)  # fmt: skip
+HARDWARE_SPECS = ("XXS", "XS", "S", "M", "L", "XL", "K80", "K80x2", "K80x4", "V100", "V100x2")
+
+
+def spec_entry(name: str, kind: str, now: str) -> dict:
+    asset = f"{kind}-{uuid.uuid5(uuid.NAMESPACE_DNS, name)}"
+    python = name.rsplit("-py", 1)[1].split("-")[0] if "-py" in name else None
+    entity = (
+        {"software_specification": {
+            "type": "base", "display_name": name,
+            "software_configuration": {"platform": {"name": "python", "version": python}},
+        }}
+        if kind == "software_specification"
+        else {"hardware_specification": {"nodes": {"num_nodes": 1}}}
+    )  # fmt: skip
+    return {
+        "metadata": {"name": name, "asset_id": asset, "asset_type": kind, "created_at": now,
+                     "href": f"/v2/{kind}s/{asset}", "description": f"{name} ({kind})"},
+        "entity": entity,
+    }  # fmt: skip
+
+
 class WMLStandIn:
     def __init__(self, tmp: Path) -> None:
+        self.software_specs = list(SOFTWARE_SPECS)
+        self.hardware_specs = list(HARDWARE_SPECS)
         self.requests: list[dict] = []
         self.uploads: dict[str, bytes] = {}
         self.trainings: dict[str, dict] = {}
@@ -113,6 +143,12 @@ class WMLStandIn:
             return 200, {"resources": []}
         if path == "/v2/spaces" and method == "GET":
             return 200, {"resources": [], "total_count": 0}
+        if path == "/v2/software_specifications" and method == "GET":
+            specs = [spec_entry(n, "software_specification", now) for n in self.software_specs]
+            return 200, {"total_results": len(specs), "resources": specs}
+        if path == "/v2/hardware_specifications" and method == "GET":
+            specs = [spec_entry(n, "hardware_specification", now) for n in self.hardware_specs]
+            return 200, {"total_results": len(specs), "resources": specs}
         if path.startswith("/v2/spaces/"):
             space = self.space = path.rsplit("/", 1)[1]
             return 200, {"metadata": {"id": space, "created_at": now}, "entity": {"name": "s"}}
