@@ -14,23 +14,20 @@ TF214_STAMP := $(TF214_VENV)/.installed
 # pip warns once per package about this machine's optional local index folders: noise.
 QUIET_PIP := { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 
-# Images: docker where an engine answers, podman otherwise. VARIANT=cpu|gpu.
-VARIANT ?= gpu
+# Images (docker/build.sh): docker where an engine answers, podman otherwise. VARIANT=cpu|gpu.
+VARIANT ?= cpu
 IMAGE ?= mnist-job:$(VARIANT)
-ENGINE ?= $(shell docker info >/dev/null 2>&1 && echo docker || echo podman)
-REVISION := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
-VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
-CPU_BASE := python:3.11-slim
 
-.PHONY: help venv venv-wml venv-tf214 data train test lint format lock docs bench bench-short image image-test clean
+.PHONY: help venv venv-wml venv-tf214 data train test lint format lock docs bench bench-short image image-test image-test-gpu clean
 
 help:
 	@echo "make train   - set up, fetch MNIST, train with defaults (results under ./runs)"
 	@echo "make test    - set up, fetch MNIST, run lint and the whole test suite"
 	@echo "make data    - fetch and verify real MNIST into ./data (idempotent)"
 	@echo "make bench   - notebook recipe vs default, side by side (bench-short: a quick check)"
-	@echo "make image   - build the image (VARIANT=gpu|cpu; docker, or podman without an engine)"
+	@echo "make image   - build the image (VARIANT=cpu|gpu; docker, or podman without an engine)"
 	@echo "make image-test - build the CPU image with podman and run it as docker run would"
+	@echo "make image-test-gpu - the same for the GPU image (no GPU needed; ~3 GB of CUDA wheels)"
 	@echo "make lock    - re-resolve requirements*.lock from pyproject.toml"
 	@echo "make docs    - regenerate the README's variable table from job/config.py"
 	@echo "make lint / format / clean"
@@ -90,17 +87,22 @@ lock: $(STAMP)
 	$(VENV)/bin/pip-compile -q --no-header --strip-extras --no-emit-index-url --no-emit-find-links --extra dev -o requirements-dev.lock pyproject.toml
 	$(VENV)/bin/pip-compile -q --no-header --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-wml.lock requirements-wml.in
 	$(VENV)/bin/pip-compile -q --no-header --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-tf214.lock requirements-tf214.in
+	$(VENV)/bin/pip-compile -q --no-header --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-gpu.lock requirements-gpu.in
 
 image: data
-	$(ENGINE) build -f docker/Dockerfile -t $(IMAGE) \
-	  --build-arg VARIANT=$(VARIANT) --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) \
-	  $(if $(filter cpu,$(VARIANT)),--build-arg BASE_IMAGE=$(CPU_BASE)) .
+	docker/build.sh $(VARIANT) $(IMAGE)
 
 # No registry is reachable here: a local base image, the real Dockerfile, podman.
 image-test: data $(STAMP)
 	CONTAINERS_CONF=$(CURDIR)/docker/containers.conf docker/podman-setup.sh
 	CONTAINERS_CONF=$(CURDIR)/docker/containers.conf IMAGE_TEST=1 \
-	  $(PY) -m pytest -p no:cacheprovider tests/image
+	  $(PY) -m pytest -p no:cacheprovider tests/image/test_image.py
+
+# The GPU variant, built and run without a GPU; not in CI (about 3 GB of CUDA wheels).
+image-test-gpu: data $(STAMP)
+	CONTAINERS_CONF=$(CURDIR)/docker/containers.conf docker/podman-setup.sh
+	CONTAINERS_CONF=$(CURDIR)/docker/containers.conf IMAGE_TEST=1 \
+	  $(PY) -m pytest -p no:cacheprovider tests/image/test_gpu_image.py
 
 clean:
 	rm -rf $(VENV) $(WML_VENV) $(TF214_VENV) .pytest_cache .ruff_cache *.egg-info

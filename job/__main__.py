@@ -154,7 +154,7 @@ def cmd_cancel(cfg: config_mod.Config) -> int:
 
 
 def cmd_train(cfg: config_mod.Config) -> int:
-    from job import cpus
+    from job import cpus, precision
     from job.layout import open_store
     from job.preemption import PreemptionGuard
 
@@ -168,6 +168,7 @@ def cmd_train(cfg: config_mod.Config) -> int:
     logs.import_tensorflow_quietly(cfg.logging.level)
     cpus.size_pools(threads)
     logs.get("job.cpus").info("threads", threads=threads, source=source)
+    precision.find_gpus(cfg.logging.level)
     guard.check()
     from job import train
 

@@ -6,11 +6,13 @@ out of the logs (see `import_tensorflow_quietly`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
 from collections import deque
+from collections.abc import Iterator
 
 import structlog
 
@@ -104,18 +106,26 @@ def import_tensorflow_quietly(level: str = "info") -> None:
     native libraries (tensorflow/tensorflow#100442), so file descriptor 2 points at /dev/null for
     the import alone. Python-level import errors still surface as exceptions.
     """
-    if level == "debug":
-        import tensorflow
-
-        return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger("absl").setLevel(logging.ERROR)
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    with native_output_silenced(level):
+        import tensorflow  # noqa: F401
+
+
+@contextlib.contextmanager
+def native_output_silenced(level: str = "info") -> Iterator[None]:
+    """File descriptor 2 on /dev/null meanwhile (not when debugging): for native calls whose
+    lines are not log records, such as the CUDA build's `failed call to cuInit` on a host with
+    no GPU, which the job reports once as its own `no_gpu` event instead."""
+    if level == "debug":
+        yield
+        return
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
+        yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)

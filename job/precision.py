@@ -54,6 +54,25 @@ def gpu_capabilities() -> list[tuple[int, int]]:
     return caps
 
 
+def find_gpus(level: str = "info") -> list[tuple[int, int]]:
+    """The GPUs TensorFlow sees, looked for once before training. The GPU image's TensorFlow
+    (a CUDA build) on a host without a GPU prints native errors while looking (`failed call to
+    cuInit`); those are kept off the log stream and said once, as the `no_gpu` event."""
+    import tensorflow as tf
+
+    from job import logs
+
+    with logs.native_output_silenced(level):
+        found = gpu_capabilities()
+    log = logs.get("job.devices")
+    if found:
+        log.info("gpus", count=len(found), compute_capabilities=found)
+    elif tf.test.is_built_with_cuda():
+        log.warning("no_gpu", detail="this TensorFlow is built for CUDA but sees no GPU: "
+                    "training on the CPU")  # fmt: skip
+    return found
+
+
 def detect(requested: str) -> str:
     return choose(requested, gpu_capabilities(), cpu_flags())
 

@@ -256,3 +256,16 @@ def test_dockerfile_passes_hadolint():
         check=False,
     )
     assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_cpu_request_equals_the_limit_the_job_sizes_its_threads_from(overlay, tmp_path):
+    from job import cpus
+
+    for spec in job_specs(render(overlay)):
+        res = spec["template"]["spec"]["containers"][0]["resources"]
+        request, limit = res["requests"]["cpu"], res["limits"]["cpu"]
+        assert request == limit and limit.isdigit(), "whole cores, request = limit"
+        # The limit as the container sees it (cgroup v2 cpu.max) on a 64-core node.
+        (tmp_path / "cpu.max").write_text(f"{int(limit) * 100000} 100000\n")
+        assert cpus.usable(None, tmp_path, cpus=64) == (int(limit), "cgroup quota")

@@ -19,7 +19,6 @@ from tests.s3 import all_objects, cos_env
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "localhost/mnist-job:image-test"
-HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 # Needs podman; the first test also builds the image (the fixture allows 30 min for that).
 pytestmark = [pytest.mark.container, pytest.mark.timeout(2700)]
 SMALL = ["-e", "TRAIN_LIMIT=2000", "-e", "TEST_LIMIT=500", "-e", "EPOCHS=2", "-e", "BATCH_SIZE=128"]
@@ -31,22 +30,18 @@ def podman(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture(scope="session")
-def image() -> str:
-    # The build container reaches PyPI through this machine's TLS-intercepting proxy: lend it
-    # the host's CA bundle and pip settings for the build only; neither is baked in.
-    mounts = [f"{HOST_CA}:{HOST_CA}:ro"]
-    if Path("/etc/pip.conf").is_file():
-        mounts.append("/etc/pip.conf:/etc/pip.conf:ro")
-    proc = podman(
-        "build", "--pull=never", "--network", "host",
-        *[arg for m in mounts for arg in ("-v", m)],
-        "--build-arg", "VARIANT=cpu", "--build-arg", "BASE_IMAGE=python:3.11-slim",
-        "--build-arg", "REVISION=image-test",
-        "-f", str(ROOT / "docker" / "Dockerfile"), "-t", IMAGE, str(ROOT),
-        timeout=1800,
+def build(variant: str, tag: str) -> None:
+    """The image as `make image VARIANT=...` builds it (docker/build.sh, with podman here)."""
+    proc = subprocess.run(
+        [str(ROOT / "docker" / "build.sh"), variant, tag], capture_output=True, text=True,
+        timeout=2400, check=False, env={**os.environ, "ENGINE": "podman", "REVISION": "image-test"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="session")
+def image() -> str:
+    build("cpu", IMAGE)
     return IMAGE
 
 
@@ -106,3 +101,16 @@ def test_trains_to_s3_on_the_host(image, s3_endpoint, bucket, tmp_path):
     objects = all_objects(s3_endpoint, bucket)
     manifest = json.loads(objects["runs/to-bucket/_SUCCESS"])
     assert {e["path"] for e in manifest["files"]} >= {"metrics.json", "model/model.keras"}
+
+
+@pytest.mark.slow
+def test_a_cpu_limit_sizes_the_thread_pools(image):
+    """`--cpus=1` on this 2-core machine: the cgroup quota (cpu.cfs_quota_us / cfs_period_us
+    under podman's cgroup v1 here, cpu.max under v2), not the host's cores, sizes TensorFlow."""
+    proc = podman(
+        "run", "--rm", "--read-only", "--tmpfs", "/tmp:rw,size=2g", "--network", "none",
+        "--cpus=1", "-e", "RUN_ID=one-cpu", *SMALL, image,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (threads,) = [json.loads(s) for s in proc.stderr.splitlines() if '"event": "threads"' in s]
+    assert (threads["threads"], threads["source"]) == (1, "cgroup quota")
