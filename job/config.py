@@ -33,6 +33,7 @@ RUN_ID_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 RUN_ID_RULE = "1-63 characters of [a-z0-9-], starting and ending with a letter or digit"
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 DISTRIBUTIONS = ("auto", "none", "mirrored", "multi_worker")
+PROMOTE_POLICIES = ("never", "if-better", "always")
 DEFAULT_WORKER_PORT = 2222
 MIN_SECRET_LENGTH = 8
 
@@ -159,6 +160,15 @@ class Logging:
 
 
 @dataclass(frozen=True)
+class Promotion:
+    """Whether a successful run may become its model's champion (job.champion)."""
+
+    policy: str = "never"
+    margin: float = 0.0
+    model_name: str | None = None  # None: the dataset's name
+
+
+@dataclass(frozen=True)
 class Wml:
     """Watson Machine Learning, read by the submitter only (job.wml)."""
 
@@ -184,7 +194,12 @@ class Config:
     storage: Storage = field(default_factory=Storage)
     distribution: Distribution = field(default_factory=Distribution)
     logging: Logging = field(default_factory=Logging)
+    promotion: Promotion = field(default_factory=Promotion)
     wml: Wml = field(default_factory=Wml)
+
+    @property
+    def model_name(self) -> str:
+        return self.promotion.model_name or self.training.dataset
 
     @property
     def cluster(self) -> Cluster | None:
@@ -287,7 +302,14 @@ def _secret(name: str, raw: str) -> str:
     return raw
 
 
-check_run_id = _pattern(RUN_ID_RE, RUN_ID_RULE)
+def check_run_id(name: str, raw: str) -> str:
+    if not RUN_ID_RE.fullmatch(raw) or raw in RESERVED_RUN_IDS:
+        raise ConfigError(name, raw, f"{RUN_ID_RULE}, other than {', '.join(RESERVED_RUN_IDS)}")
+    return raw
+
+
+# Top-level names under OUTPUT_URI that are not runs (job.layout.MODELS: the champions).
+RESERVED_RUN_IDS = ("models",)
 _dns_label = _pattern(RUN_ID_RE, "a DNS label: 1-63 of [a-z0-9-], alphanumeric at both ends")
 _endpoint = _pattern(
     re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+(:\d+)?/?"), "an http(s)://host[:port] URL"
@@ -359,6 +381,16 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("LOG_LEVEL", _choice("debug", "info", "warning", "error"), "`info`",
              "`debug` also shows tracebacks and TensorFlow's native logs", "logging", "level",
              side="both"),
+    Variable("PROMOTE", _choice(*PROMOTE_POLICIES), "`never`",
+             "after `_SUCCESS`, make the run its model's champion: `never`, `if-better` (higher "
+             "test accuracy on the same test set; the CronJob's setting) or `always`",
+             "promotion", "policy"),
+    Variable("PROMOTE_MARGIN", _float(0.0, 1.0), "`0`",
+             "`if-better` needs test accuracy above the champion's plus this (0-1)",
+             "promotion", "margin"),
+    Variable("MODEL_NAME", _pattern(RUN_ID_RE, RUN_ID_RULE), "the dataset's name",
+             "the model whose champion the run may become: `<OUTPUT_URI>/models/<MODEL_NAME>/`",
+             "promotion", "model_name"),
     Variable("WORK_DIR", _text, "system temp",
              "local scratch for checkpoints and artifacts before they are published",
              attr="work_dir", forward="no"),
@@ -476,6 +508,7 @@ def from_env(env: Mapping[str, str]) -> Config:
             cluster=_cluster(values, str(distribution.get("mode", "auto"))),
         ),
         logging=Logging(**sections.get("logging", {})),  # type: ignore[arg-type]
+        promotion=Promotion(**sections.get("promotion", {})),  # type: ignore[arg-type]
         wml=Wml(**sections.get("wml", {})),  # type: ignore[arg-type]
         **top,  # type: ignore[arg-type]
     )
