@@ -1,6 +1,7 @@
 """The one entry point: `python -m job <command>`. Maps every error to a documented exit code.
 
-Commands: train (default), config, data, predict. Errors print one line to stderr (a traceback
+Commands: train (default), config, data, predict, submit, watch, runs, cancel, models, promote,
+rollback (`python -m job --help`). Errors print one line to stderr (a traceback
 only with LOG_LEVEL=debug) and exit with the code of their class in job.errors.
 """
 
@@ -59,8 +60,21 @@ def _parser() -> argparse.ArgumentParser:
     runs.add_argument("--limit", type=int, default=20)
     c = sub.add_parser("cancel", help="cancel a run through the backend that started it")
     c.add_argument("run_id")
+    models = sub.add_parser("models", help="a model's champion and its decision history")
+    models.add_argument("name", nargs="?", help="MODEL_NAME (default: MODEL_NAME, the dataset)")
+    models.add_argument("--limit", type=int, default=20, help="newest history entries (20)")
+    promote = sub.add_parser(
+        "promote", help="make a finished run its model's champion if better (--force: anyway)"
+    )
+    promote.add_argument("run_id")
+    promote.add_argument("--force", action="store_true", help="even if not better")
+    back = sub.add_parser("rollback", help="make the previous champion the champion again")
+    back.add_argument("name", nargs="?", help="MODEL_NAME (default: MODEL_NAME, the dataset)")
     pred = sub.add_parser("predict", help="classify digit images with a saved model")
-    pred.add_argument("model", type=Path, help="a .keras file or a run folder")
+    pred.add_argument(
+        "model", help="a .keras file, a run folder, `champion` (MODEL_NAME's, from OUTPUT_URI) "
+        "or `models/<name>`",
+    )  # fmt: skip
     pred.add_argument("images", type=Path, nargs="+", help="grayscale digit images (PNG, ...)")
     return parser
 
@@ -188,11 +202,73 @@ def cmd_train(cfg: config_mod.Config) -> int:
     return EXIT_OK
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from job.predict import predict
+def cmd_predict(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    import tempfile
 
-    for path, digit, confidence in predict(args.model, args.images):
-        print(f"{path}: {digit} ({100 * confidence:.1f}%)")
+    from job.predict import champion_model, predict
+
+    with tempfile.TemporaryDirectory(prefix="mnist-job-predict-", dir=cfg.work_dir) as scratch:
+        model = Path(args.model)
+        if args.model == "champion" or args.model.startswith(f"{layout.MODELS}/"):
+            name = args.model.removeprefix(f"{layout.MODELS}/").strip("/")
+            name = cfg.model_name if name == "champion" else name
+            model = champion_model(cfg, config_mod.check_model_name("MODEL_NAME", name), scratch)
+        for path, digit, confidence in predict(model, args.images):
+            print(f"{path}: {digit} ({100 * confidence:.1f}%)")
+    return EXIT_OK
+
+
+def cmd_models(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    from job import champion
+    from job.layout import open_store
+
+    name = config_mod.check_model_name("MODEL_NAME", args.name or cfg.model_name)
+    store = open_store(cfg.output_uri, cfg.storage)
+    record, _ = champion.read(store, name)
+    entries = champion.history(store, name, max(1, args.limit))
+    if not sys.stdout.isatty():
+        print(json.dumps({"model_name": name, "champion": record, "history": entries}))
+        return EXIT_OK
+    if record is None:
+        print(f"Model {name}: no champion yet in {cfg.output_uri}")
+    else:
+        when, why = _shown(record.get("promoted_at"), 30), _shown(record.get("reason"), 200)
+        print(f"Model {name}: champion {record['run_id']}, test accuracy "
+              f"{100 * record['test_accuracy']:.2f}%, promoted {when} ({why})")  # fmt: skip
+        print(
+            f"Model file: {layout.parse('OUTPUT_URI', cfg.output_uri).child(record['model']).uri}"
+        )
+    for e in entries:  # read from the store: shown, never trusted (no terminal escapes)
+        mark = "promoted" if e.get("promoted") is True else "kept"
+        fields = (_shown(e.get("sequence"), 5), _shown(e.get("decided_at"), 19),
+                  _shown(e.get("action"), 8), _shown(e.get("run_id"), 40), mark)  # fmt: skip
+        print(f"{fields[0]:>5} {fields[1]:19s} {fields[2]:8s} {fields[3]:40s} {mark:8s} "
+              f"{_shown(e.get('reason'), 100)}")  # fmt: skip
+    return EXIT_OK
+
+
+def _shown(value: object, width: int) -> str:
+    """A value read from a store, fit for a terminal: printable characters only, cut short."""
+    text = "" if value is None else str(value)
+    return "".join(c if c.isprintable() else "?" for c in text)[:width]
+
+
+def cmd_promote(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    from job import champion
+    from job.layout import open_store
+
+    store = open_store(cfg.output_uri, cfg.storage)
+    if args.command == "rollback":
+        name = config_mod.check_model_name("MODEL_NAME", args.name or cfg.model_name)
+        decision = champion.rollback(store, name)
+    else:
+        decision = champion.consider(
+            store, cfg.model_name, champion.candidate(store, cfg.run_id),
+            policy="if-better", margin=cfg.promotion.margin, force=args.force,
+        )  # fmt: skip
+    verb = "now champion" if decision.promoted else "not promoted"
+    print(f"{decision.run_id}: {verb} of model {decision.model_name} ({decision.reason}); "
+          f"champion: {decision.champion}")  # fmt: skip
     return EXIT_OK
 
 
@@ -226,9 +302,13 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_runs(cfg, args.limit)
     if command == "cancel":
         return cmd_cancel(cfg)
+    if command == "models":
+        return cmd_models(cfg, args)
+    if command in ("promote", "rollback"):
+        return cmd_promote(cfg, args)
     if command == "predict":
         logs.import_tensorflow_quietly(cfg.logging.level)
-        return cmd_predict(args)
+        return cmd_predict(cfg, args)
     return cmd_train(cfg)
 
 

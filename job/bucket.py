@@ -238,6 +238,21 @@ class S3Store:
                 keys.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
         return sorted(keys)
 
+    def children(self, prefix: str = "") -> list[str]:
+        """The names of the "folders" directly under `prefix`: a delimiter listing, one request
+        per 1,000 names, whatever the folders hold."""
+        base = self._key(prefix.rstrip("/") + "/") if prefix else self._key("")
+        names: list[str] = []
+        with self._errors("list", prefix):
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=base, Delimiter="/"
+            )
+            for page in pages:
+                names.extend(
+                    p["Prefix"][len(base) :].rstrip("/") for p in page.get("CommonPrefixes", [])
+                )
+        return sorted(n for n in names if n)
+
     def download(self, key: str, dest: Path) -> None:
         from boto3.s3.transfer import TransferConfig
 

@@ -308,6 +308,7 @@ def check_run_id(name: str, raw: str) -> str:
     return raw
 
 
+check_model_name = _pattern(RUN_ID_RE, RUN_ID_RULE)
 # Top-level names under OUTPUT_URI that are not runs (job.layout.MODELS: the champions).
 RESERVED_RUN_IDS = ("models",)
 _dns_label = _pattern(RUN_ID_RE, "a DNS label: 1-63 of [a-z0-9-], alphanumeric at both ends")
@@ -388,7 +389,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("PROMOTE_MARGIN", _float(0.0, 1.0), "`0`",
              "`if-better` needs test accuracy above the champion's plus this (0-1)",
              "promotion", "margin"),
-    Variable("MODEL_NAME", _pattern(RUN_ID_RE, RUN_ID_RULE), "the dataset's name",
+    Variable("MODEL_NAME", check_model_name, "the dataset's name",
              "the model whose champion the run may become: `<OUTPUT_URI>/models/<MODEL_NAME>/`",
              "promotion", "model_name"),
     Variable("WORK_DIR", _text, "system temp",

@@ -76,6 +76,7 @@ class RunContext:
         self.publisher = self.shared
         self.lease: Lease | None = None
         self.finished = False
+        self._final: dict = {}  # status.json's fields once published
         self.history = History()
         self.log = logs.get("job.train")
         self._stack = contextlib.ExitStack()
@@ -179,9 +180,9 @@ class RunContext:
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
     def publish(self, folder: Path, result: dict, headline: dict) -> None:
-        manifest = self.publisher.publish(
-            folder, epoch=result["epochs_completed"], epochs=result["epochs"], metrics=headline
-        )
+        self._final = {"epoch": result["epochs_completed"], "epochs": result["epochs"]}
+        self._final["metrics"] = headline
+        manifest = self.publisher.publish(folder, **self._final)
         try:
             self.checkpointer.clear()
         except JobError as exc:  # the run stands; the checkpoints are only disk space
@@ -189,6 +190,27 @@ class RunContext:
         self.log.info(
             "run_published", location=self.publisher.location, files=len(manifest["files"])
         )
+
+    def promote(self) -> None:
+        """After `_SUCCESS`, the champion decision PROMOTE asks for (job.champion), recorded in
+        status.json beside the final figures. The run's own files do not change, and a
+        decision that fails (the store, a corrupt champion record) does not undo the run: it
+        is logged as `promotion_failed` and recorded as not promoted, with the error."""
+        promotion, name = self.config.promotion, self.config.model_name
+        if promotion.policy == "never" or not self.config.is_chief:
+            return
+        from job import champion
+
+        store = self.shared.store
+        try:
+            decision = champion.consider(
+                store, name, champion.candidate(store, self.config.run_id),
+                policy=promotion.policy, margin=promotion.margin,
+            ).summary()  # fmt: skip
+        except JobError as exc:
+            self.log.error("promotion_failed", model_name=name, error=str(exc))
+            decision = {"model_name": name, "promoted": False, "reason": f"error: {exc}"}
+        self.publisher.status("succeeded", **self._final, promotion=decision)
 
     def end(self, state: str, reason: str) -> None:
         """Record how the run ended, once. Best effort: the store may be what failed."""

@@ -9,6 +9,7 @@ silent download.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import zipfile
 import zlib
@@ -52,6 +53,15 @@ class Dataset:
             self.x_test[te],
             self.y_test[te],
         )
+
+
+def test_set_sha256(ds: Dataset) -> str:
+    """A digest of the test split as evaluated (images, then labels): two runs' accuracies are
+    comparable only when theirs agree (job.champion)."""
+    digest = hashlib.sha256()
+    for array in (ds.x_test, ds.y_test):
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
 
 
 def parse_idx(raw: bytes, *, name: str, ndim: int) -> np.ndarray:

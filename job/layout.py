@@ -38,6 +38,29 @@ def checkpoint_key(epoch: int) -> str:
     return f"{CHECKPOINTS}/epoch-{epoch:04d}/ckpt.weights.h5"
 
 
+# --- champions, beside the runs: <OUTPUT_URI>/models/<name>/ (job.champion) ---
+MODELS = "models"  # a reserved run id (job.config.RESERVED_RUN_IDS)
+HISTORY_RE = re.compile(r"(\d{8})-([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)\.json")
+
+
+def champion_key(name: str) -> str:
+    return f"{MODELS}/{name}/champion.json"
+
+
+def history_prefix(name: str) -> str:
+    return f"{MODELS}/{name}/history/"
+
+
+def history_key(name: str, sequence: int, run_id: str) -> str:
+    return f"{history_prefix(name)}{sequence:08d}-{run_id}.json"
+
+
+def parse_history_key(name: str, key: str) -> tuple[int, str] | None:
+    """(sequence, run id) of a history entry's key, None for anything else under the prefix."""
+    found = HISTORY_RE.fullmatch(key.removeprefix(history_prefix(name)))
+    return (int(found.group(1)), found.group(2)) if found else None
+
+
 # --- URIs ---
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from job import __version__
+
 SCHEMA_VERSION = 1
 
 
@@ -92,13 +94,17 @@ def run_metrics(
     params: dict,
     target_reached_epoch: int | None,
     resumed_from_epoch: int | None,
+    test_set_sha256: str,
 ) -> dict[str, object]:
-    """The content of metrics.json (and the return value of job.train.run)."""
+    """The content of metrics.json (and the return value of job.train.run). `test_set_sha256`
+    identifies the test split evaluated on: accuracies compare only on the same one."""
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
+        "code_version": __version__,
         "dataset": dataset,
         "data_source": data_source,
+        "test_set_sha256": test_set_sha256,
         "n_train": n_train,
         "n_test": len(y_test),
         "epochs": epochs,

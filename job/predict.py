@@ -20,6 +20,27 @@ def resolve_model(path: Path) -> Path:
     return candidate
 
 
+def champion_model(cfg, name: str, scratch: str) -> Path:
+    """The champion's model.keras of model `name`, copied from OUTPUT_URI into `scratch` and
+    checked against the SHA-256 its champion record holds."""
+    from job import champion
+    from job.digest import sha256_bytes
+    from job.layout import open_store
+
+    store = open_store(cfg.output_uri, cfg.storage)
+    record, _ = champion.read(store, name)
+    if record is None:
+        raise DataError(f"{cfg.output_uri}: model {name} has no champion (python -m job models)")
+    where = f"{store.uri.rstrip('/')}/{record.get('model')}"
+    key = record.get("model")
+    raw = store.get_bytes(key) if isinstance(key, str) and key.endswith(MODEL_FILE) else None
+    if raw is None or sha256_bytes(raw) != record.get("model_sha256"):
+        raise DataError(f"{where}: missing or not the model the champion record names")
+    path = Path(scratch) / Path(MODEL_FILE).name
+    path.write_bytes(raw)
+    return path
+
+
 def load_image(path: Path) -> np.ndarray:
     """A 28x28 uint8 array, white digit on black as in MNIST (dark-on-light input is inverted)."""
     from PIL import Image, UnidentifiedImageError

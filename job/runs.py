@@ -12,6 +12,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from job.config import RESERVED_RUN_IDS, RUN_ID_RE
 from job.digest import sha256_bytes
 from job.errors import DataError, JobError
 from job.layout import (
@@ -137,8 +138,10 @@ def run_row(store: Store, run_id: str) -> dict:
 
 
 def list_runs(store: Store, limit: int = 20) -> list[dict]:
-    """The newest runs first, with their state and accuracy."""
-    run_ids = sorted({key.split("/", 1)[0] for key in store.list("") if key.endswith("/" + STATUS)})
-    rows = [run_row(store, run_id) for run_id in run_ids]
-    rows.sort(key=lambda r: r["updated_at"] or "", reverse=True)
-    return rows[:limit]
+    """The last `limit` runs by run id (default run ids begin with their UTC start time, a
+    CronJob's runs with their schedule time, so that is newest first), with state and accuracy.
+
+    Cost grows with what is shown, not with what is stored: one delimiter listing of the run
+    folders (a request per 1,000 runs), then a status read and marker checks per run shown."""
+    run_ids = [r for r in store.children() if RUN_ID_RE.fullmatch(r) and r not in RESERVED_RUN_IDS]
+    return [run_row(store, run_id) for run_id in sorted(run_ids, reverse=True)[:limit]]

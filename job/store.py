@@ -43,6 +43,7 @@ class Store(Protocol):
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str, *, if_match: str | None = None) -> None: ...
     def list(self, prefix: str) -> list[str]: ...
+    def children(self, prefix: str = "") -> list[str]: ...
 
 
 # errno values a retry cannot fix: the folder is wrong, not busy.
@@ -183,5 +184,15 @@ class LocalStore:
                 for p in base.rglob("*")
                 if p.is_file() and not p.name.startswith(".")  # a write in progress
             )
+        except OSError as exc:
+            raise self._os_error("list", base, exc) from None
+
+    def children(self, prefix: str = "") -> list[str]:
+        """The names of the folders directly under `prefix` (the run ids, at the root)."""
+        base = self._path(prefix.rstrip("/")) if prefix else self.root
+        try:
+            if not base.is_dir():
+                return []
+            return sorted(p.name for p in base.iterdir() if p.is_dir() and p.name[:1] != ".")
         except OSError as exc:
             raise self._os_error("list", base, exc) from None

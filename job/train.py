@@ -69,12 +69,13 @@ def run(
                 fit_seconds, eval_seconds, ctx.history.entries, plan.samples_per_epoch),
             params=params(config, plan, chosen, model.count_params()),
             target_reached_epoch=stopper.reached_at if stopper else None,
-            resumed_from_epoch=first_epoch or None,
+            resumed_from_epoch=first_epoch or None, test_set_sha256=data.test_set_sha256(ds),
         )  # fmt: skip
         ctx.log.info("evaluated", **metrics.headline(result))
         ctx.guard.check()  # the last point where a stop request leaves the run unpublished
         folder = artifacts.write(ctx.scratch / "artifacts", model, ds, probs, result)
         ctx.publish(folder, result, metrics.headline(result))
+        ctx.promote()
     return result
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from job.errors import DataError
-from job.layout import FAILURE, METRICS, SUCCESS, decode_json
+from job.layout import FAILURE, METRICS, RUN_RECORD, SUCCESS, decode_json
 from job.runs import RunReader
 
 WATCH_EXIT = {"succeeded": 0, "failed": 1, "stalled": 3, "cancelled": 4, "not_found": 5}
@@ -64,6 +64,29 @@ def summary(metrics: dict, files_dir: Path) -> list[str]:
     ]
 
 
+def promotion_line(reader: RunReader, interval: float, wait: float) -> str | None:
+    """What became of the run's champion decision, when it asked for one (PROMOTE in its
+    run.json). The decision lands in status.json just after `_SUCCESS`: wait for it a while."""
+    config = (reader.read_json(RUN_RECORD) or {}).get("config")
+    promotion = config.get("promotion") if isinstance(config, dict) else None
+    policy = promotion.get("policy") if isinstance(promotion, dict) else None
+    if policy in (None, "never"):
+        return None
+    deadline = time.monotonic() + wait
+    while True:
+        reader.poll_status()
+        decision = (reader.status or {}).get("promotion")
+        if isinstance(decision, dict):
+            reason = str(decision.get("reason", "no reason recorded"))[:300]
+            name = str(decision.get("model_name", "?"))[:63]
+            if decision.get("promoted") is True:
+                return f"Promoted: champion of model {name} ({reason})"
+            return f"Not promoted to champion of model {name}: {reason}"
+        if time.monotonic() > deadline:
+            return f"Promotion: no decision recorded (PROMOTE={str(policy)[:20]})"
+        time.sleep(interval)
+
+
 def watch(
     reader: RunReader,
     *,
@@ -102,6 +125,9 @@ def watch(
             for line in lines:
                 out(line)
             out(f"Downloaded {len(files)} files, hashes match {SUCCESS}")
+            decision = promotion_line(reader, interval, wait=min(60.0, stall_after))
+            if decision:
+                out(decision)
             return WATCH_EXIT["succeeded"]
         if outcome == "failed":
             failure = reader.read_json(FAILURE) or {}

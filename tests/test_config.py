@@ -144,6 +144,7 @@ def test_every_section_field_has_its_variable():
     sections = {
         "": config.Config, "training": config.Training, "storage": config.Storage,
         "distribution": config.Distribution, "logging": config.Logging, "wml": config.Wml,
+        "promotion": config.Promotion,
     }  # fmt: skip
     recipe_fields = set(config.RECIPES["fast"]) - {"epochs", "batch_size", "learning_rate",
                                                   "precision"}  # fmt: skip

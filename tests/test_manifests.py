@@ -269,3 +269,14 @@ def test_cpu_request_equals_the_limit_the_job_sizes_its_threads_from(overlay, tm
         # The limit as the container sees it (cgroup v2 cpu.max) on a 64-core node.
         (tmp_path / "cpu.max").write_text(f"{int(limit) * 100000} 100000\n")
         assert cpus.usable(None, tmp_path, cpus=64) == (int(limit), "cgroup quota")
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_only_the_cronjob_promotes(overlay):
+    docs = render(overlay)
+    for doc in docs:
+        if doc["kind"] not in ("Job", "CronJob"):
+            continue
+        spec = doc["spec"]["jobTemplate"]["spec"] if doc["kind"] == "CronJob" else doc["spec"]
+        env = {e["name"]: e.get("value") for e in spec["template"]["spec"]["containers"][0]["env"]}
+        assert env.get("PROMOTE") == ("if-better" if doc["kind"] == "CronJob" else None)

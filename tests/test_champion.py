@@ -1,0 +1,256 @@
+"""Champions per model name (job.champion) against the loopback S3 server, which enforces
+If-Match and If-None-Match on PUT: the decision table, the commands, and two processes
+promoting at the same moment, 20 times.
+
+The runs here are finished run folders written object by object (metrics.json, a model file,
+`_SUCCESS` with their hashes), since what is tested is the decision on published figures;
+tests/test_train_e2e.py::test_a_trained_run_becomes_champion_and_predicts covers a run that
+trained for real and promoted itself."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import secrets
+
+import pytest
+
+from job import champion, layout
+from job.digest import sha256_bytes
+from job.errors import EXIT_CONFIG, EXIT_DATA
+from job.store import LocalStore
+from tests.conftest import job_env, run_job
+from tests.s3 import all_objects, cos_env
+from tests.test_storage import store_for
+
+TEST_SET = "a" * 64
+OTHER_TEST_SET = "b" * 64
+
+
+def finish_run(store, run_id: str, accuracy: float, test_set: str = TEST_SET) -> None:
+    """A published run: metrics.json and a model, listed with their hashes in `_SUCCESS`."""
+    metrics = json.dumps({
+        "run_id": run_id, "dataset": "mnist", "test_accuracy": accuracy, "test_loss": 0.05,
+        "test_set_sha256": test_set, "code_version": "0.1.0",
+    }).encode()  # fmt: skip
+    model = secrets.token_bytes(64)
+    files = []
+    for name, raw in ((layout.METRICS, metrics), (layout.MODEL_FILE, model)):
+        store.put_bytes(f"{run_id}/{name}", raw)
+        files.append({"path": name, "size": len(raw), "sha256": sha256_bytes(raw)})
+    store.put_bytes(
+        f"{run_id}/{layout.SUCCESS}", layout.to_json({"run_id": run_id, "files": files})
+    )
+
+
+@pytest.fixture
+def store(s3_endpoint, bucket):
+    return store_for(s3_endpoint, f"s3://{bucket}/runs")
+
+
+def promote(store, run_id: str, *, policy="if-better", margin=0.0, force=False, name="mnist"):
+    cand = champion.candidate(store, run_id)
+    return champion.consider(store, name, cand, policy=policy, margin=margin, force=force)
+
+
+def test_first_better_worse_equal_and_margin(store):
+    for run_id, acc in (("r1", 0.990), ("r2", 0.992), ("r3", 0.991), ("r4", 0.992), ("r5", 0.993)):
+        finish_run(store, run_id, acc)
+    assert promote(store, "r1").reason == "first champion"
+    better = promote(store, "r2")
+    assert better.promoted and better.champion == "r2" and "above" in better.reason
+    worse, equal = promote(store, "r3"), promote(store, "r4")
+    assert not worse.promoted and not equal.promoted, "strictly higher accuracy only"
+    assert "not above champion r2's 0.9920" in equal.reason
+    short = promote(store, "r5", margin=0.002)
+    assert not short.promoted and "margin 0.002" in short.reason
+    record, _ = champion.read(store, "mnist")
+    assert record["run_id"] == "r2" and record["previous"] == ["r1"]
+    assert record["model"] == "r2/model/model.keras" and record["decisions"] == 5
+    entries = champion.history(store, "mnist")
+    assert [e["sequence"] for e in entries] == [5, 4, 3, 2, 1]
+    assert [e["run_id"] for e in entries] == ["r5", "r4", "r3", "r2", "r1"]
+    assert [e["promoted"] for e in entries] == [False, False, False, True, True]
+
+
+def test_another_test_set_is_not_comparable_unless_forced_or_always(store):
+    finish_run(store, "base", 0.990)
+    finish_run(store, "fashion", 0.999, test_set=OTHER_TEST_SET)
+    promote(store, "base")
+    refused = promote(store, "fashion")
+    assert not refused.promoted and refused.reason.startswith("not comparable")
+    assert promote(store, "fashion", policy="always").promoted
+    record, _ = champion.read(store, "mnist")
+    assert record["run_id"] == "fashion" and record["reason"] == "PROMOTE=always"
+
+
+def test_force_then_rollback_twice(store):
+    for run_id, acc in (("good", 0.995), ("better", 0.996), ("worse", 0.980)):
+        finish_run(store, run_id, acc)
+    promote(store, "good")
+    promote(store, "better")
+    forced = promote(store, "worse", force=True)
+    assert forced.promoted and forced.reason == "forced (promote --force)"
+    first = champion.rollback(store, "mnist")
+    assert first.promoted and first.champion == "better" and first.action == "rollback"
+    assert champion.rollback(store, "mnist").champion == "good"
+    with pytest.raises(champion.ConfigError, match="earlier champion"):
+        champion.rollback(store, "mnist")
+    actions = [(e["action"], e["champion"]) for e in champion.history(store, "mnist")][::-1]
+    assert actions == [("promote", "good"), ("promote", "better"), ("promote", "worse"),
+                       ("rollback", "better"), ("rollback", "good")]  # fmt: skip
+
+
+def test_unfinished_or_tampered_runs_are_not_candidates(store):
+    store.put_bytes("running/status.json", b'{"state": "running"}')
+    with pytest.raises(champion.DataError, match="not a finished run"):
+        champion.candidate(store, "running")
+    finish_run(store, "tampered", 0.99)
+    store.put_bytes("tampered/metrics.json", json.dumps({"test_accuracy": 1.0}).encode())
+    with pytest.raises(champion.DataError, match="not the file _SUCCESS lists"):
+        champion.candidate(store, "tampered")
+
+
+def test_a_lost_history_entry_is_written_by_the_next_decision(store):
+    finish_run(store, "one", 0.99)
+    finish_run(store, "two", 0.98)
+    promote(store, "one")
+    store.delete(layout.history_key("mnist", 1, "one"))  # as if the process died in between
+    promote(store, "two")
+    assert [e["sequence"] for e in champion.history(store, "mnist")] == [2, 1]
+
+
+def test_a_corrupt_champion_record_is_a_data_error_naming_it(store):
+    finish_run(store, "one", 0.99)
+    store.put_bytes(layout.champion_key("mnist"), b'{"run_id": "../x", "test_accuracy": 2}')
+    with pytest.raises(champion.DataError, match=r"models/mnist/champion\.json: not a champion"):
+        promote(store, "one")
+
+
+class IgnoresConditions(LocalStore):
+    """A store that accepts every write, conditional or not, as some S3 implementations do."""
+
+    def put_bytes(self, key, data, *, if_match=None, if_none_match=False):
+        return super().put_bytes(key, data)
+
+
+def test_a_store_that_ignores_conditional_writes_is_detected(tmp_path):
+    from structlog.testing import capture_logs
+
+    store = IgnoresConditions(tmp_path)
+    finish_run(store, "one", 0.99)
+    with capture_logs() as events:
+        promote(store, "one")
+    assert [e for e in events if e["event"] == "conditional_writes_ignored"]
+    honest = LocalStore(tmp_path / "honest")
+    finish_run(honest, "one", 0.99)
+    with capture_logs() as events:
+        promote(honest, "one")
+    assert not [e for e in events if e["event"] == "conditional_writes_ignored"]
+
+
+def _promoter(endpoint, uri, barrier, jobs, results) -> None:
+    """One of the racing processes: each round, wait at the barrier, then promote."""
+    store = store_for(endpoint, uri)
+    while (job := jobs.get()) is not None:
+        name, run_id = job
+        barrier.wait(timeout=60)
+        decision = promote(store, run_id, name=name)
+        results.put((name, run_id, decision.promoted))
+
+
+def test_two_processes_promoting_at_once_end_with_the_better_one(store, s3_endpoint, bucket):
+    """20 rounds: a champion at 0.980, then runs at 0.985 and 0.990 promoted at the same moment
+    by two processes (released together by a barrier). Every round ends with the 0.990 run as
+    champion and three decisions, numbered 1-3, in the history."""
+    rounds = 20
+    for i in range(rounds):
+        for run_id, acc in ((f"c{i}", 0.980), (f"a{i}", 0.985), (f"b{i}", 0.990)):
+            finish_run(store, run_id, acc)
+        promote(store, f"c{i}", name=f"race-{i}")
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    queues = [ctx.Queue(), ctx.Queue()]
+    uri = f"s3://{bucket}/runs"
+    workers = [
+        ctx.Process(target=_promoter, args=(s3_endpoint, uri, barrier, q, results)) for q in queues
+    ]
+    for w in workers:
+        w.start()
+    for i in range(rounds):
+        queues[0].put((f"race-{i}", f"a{i}"))
+        queues[1].put((f"race-{i}", f"b{i}"))
+    for q in queues:
+        q.put(None)
+    outcomes = [results.get(timeout=300) for _ in range(2 * rounds)]
+    for w in workers:
+        w.join(timeout=60)
+        assert w.exitcode == 0
+    assert all(promoted for name, run_id, promoted in outcomes if run_id.startswith("b"))
+    objects = all_objects(s3_endpoint, bucket)
+    for i in range(rounds):
+        record = json.loads(objects[f"runs/models/race-{i}/champion.json"])
+        assert record["run_id"] == f"b{i}" and record["decisions"] == 3
+        entries = champion.history(store, f"race-{i}")
+        assert [e["sequence"] for e in entries] == [3, 2, 1]
+        assert {e["run_id"] for e in entries} == {f"c{i}", f"a{i}", f"b{i}"}
+        assert record["previous"][0] == f"c{i}"
+
+
+def test_commands(s3_endpoint, bucket, store, tmp_path):
+    finish_run(store, "cli-one", 0.991)
+    finish_run(store, "cli-two", 0.990)
+    env = job_env(**cos_env(s3_endpoint), OUTPUT_URI=f"s3://{bucket}/runs")
+    proc = run_job("promote", "cli-one", env=env, cwd=tmp_path)
+    assert proc.returncode == 0 and "cli-one: now champion of model mnist" in proc.stdout
+    proc = run_job("promote", "cli-two", env=env, cwd=tmp_path)
+    assert proc.returncode == 0 and "not promoted" in proc.stdout
+    assert run_job("promote", "cli-two", "--force", env=env, cwd=tmp_path).returncode == 0
+    proc = run_job("models", env=env, cwd=tmp_path)
+    listed = json.loads(proc.stdout)
+    assert listed["champion"]["run_id"] == "cli-two"
+    assert [e["sequence"] for e in listed["history"]] == [3, 2, 1]
+    assert run_job("rollback", env=env, cwd=tmp_path).returncode == 0
+    assert champion.read(store, "mnist")[0]["run_id"] == "cli-one"
+    missing = run_job("promote", "never-ran", env=env, cwd=tmp_path)
+    assert missing.returncode == EXIT_DATA and "not a finished run" in missing.stderr
+    nothing = run_job("rollback", "other", env=env, cwd=tmp_path)
+    assert nothing.returncode == EXIT_CONFIG and "MODEL_NAME='other'" in nothing.stderr
+    reserved = run_job("promote", "models", env=env, cwd=tmp_path)
+    assert reserved.returncode == EXIT_CONFIG
+
+
+@pytest.mark.slow
+def test_a_trained_run_promotes_itself_and_its_champion_predicts(tmp_path, mnist_dir):
+    from PIL import Image
+
+    from job import data
+    from job.digest import sha256_file
+
+    out = tmp_path / "out"
+    env = job_env(
+        OUTPUT_URI=str(out), DATA_URI=str(mnist_dir), RECIPE="seed", TRAIN_LIMIT="2000",
+        TEST_LIMIT="300", EPOCHS="2", PROMOTE="if-better", RUN_ID="nightly-1",
+    )  # fmt: skip
+    assert run_job("train", env=env, cwd=tmp_path).returncode == 0
+    status = json.loads((out / "nightly-1" / "status.json").read_text())
+    assert status["state"] == "succeeded"
+    assert status["promotion"] == {"model_name": "mnist", "promoted": True,
+                                   "reason": "first champion", "champion": "nightly-1",
+                                   "sequence": 1}  # fmt: skip
+    # The run's own files are as `_SUCCESS` lists them: the decision changed none of them.
+    for entry in json.loads((out / "nightly-1" / "_SUCCESS").read_text())["files"]:
+        assert sha256_file(out / "nightly-1" / entry["path"]) == entry["sha256"]
+    watched = run_job("watch", "nightly-1", "--dest", str(tmp_path / "w"), env=env, cwd=tmp_path)
+    assert "Promoted: champion of model mnist (first champion)" in watched.stdout
+
+    digit = data.load("mnist", str(mnist_dir)).limited(1, 1)
+    Image.fromarray(digit.x_test[0]).save(tmp_path / "digit.png")
+    proc = run_job("predict", "champion", str(tmp_path / "digit.png"), env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{tmp_path / 'digit.png'}: {digit.y_test[0]} (")
+    by_path = run_job("predict", "models/mnist", str(tmp_path / "digit.png"), env=env, cwd=tmp_path)
+    assert by_path.stdout == proc.stdout
+    (out / "nightly-1" / "model" / "model.keras").write_bytes(b"swapped")
+    tampered = run_job("predict", "champion", str(tmp_path / "digit.png"), env=env, cwd=tmp_path)
+    assert tampered.returncode == EXIT_DATA and "not the model the champion" in tampered.stderr
