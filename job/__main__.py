@@ -11,12 +11,13 @@ import argparse
 import json
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 
 from job import config as config_mod
 from job import layout, logs
-from job.errors import EXIT_OK, EXIT_SOFTWARE, DataError, JobError
+from job.errors import EXIT_OK, EXIT_SOFTWARE, ConfigError, DataError, JobError
 
 DEFAULT_IMAGE = "mnist-job:gpu"
 
@@ -46,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     sub_.add_argument("--gpus", action="store_true", help="docker: --gpus all")
     sub_.add_argument("--overlay", default="gpu", help="k8s: overlay of k8s/overlays (gpu)")
     sub_.add_argument("--wait", action="store_true", help="follow the run until it ends")
+    sub_.add_argument("--no-check", action="store_true", help="skip the checks before launch")
     _watch_options(sub_)
     w = sub.add_parser(
         "watch",
@@ -58,8 +60,24 @@ def _parser() -> argparse.ArgumentParser:
     _watch_options(w)
     runs = sub.add_parser("runs", help="list recent runs in OUTPUT_URI with state and accuracy")
     runs.add_argument("--limit", type=int, default=20)
+    prune = sub.add_parser(
+        "prune",
+        help="delete finished runs beyond the newest N (never a champion, never a running run)",
+    )
+    prune.add_argument("--keep", type=int, required=True, help="newest runs to keep (by run id)")
+    prune.add_argument("--older-than-hours", type=float, default=24.0,
+                       help="only runs whose status is older than this (24)")  # fmt: skip
+    prune.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
     c = sub.add_parser("cancel", help="cancel a run through the backend that started it")
     c.add_argument("run_id")
+    chk = sub.add_parser(
+        "check",
+        help="check everything a run needs before it spends compute",
+        description="Configuration, output store (write/read/delete a probe), input data "
+        "(found, valid, SHA-256), WORK_DIR space, multi-worker peers, WML (when WML_URL is "
+        "set). One line per check; exit 0, else the exit class of the first failure.",
+    )
+    chk.add_argument("--devices", action="store_true", help="also what TensorFlow sees")
     models = sub.add_parser("models", help="a model's champion and its decision history")
     models.add_argument("name", nargs="?", help="MODEL_NAME (default: MODEL_NAME, the dataset)")
     models.add_argument("--limit", type=int, default=20, help="newest history entries (20)")
@@ -123,11 +141,51 @@ def cmd_watch(cfg: config_mod.Config, args: argparse.Namespace, platform_state=N
     )
 
 
+def _stop_on_failure(results: list) -> None:
+    from job import check
+
+    for result in results:
+        logs.get("job.check").info("check", name=result.name, passed=result.passed,
+                                   detail=result.detail)  # fmt: skip
+    error = check.failure(results)
+    if error is not None:
+        raise error
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from job import check
+
+    tty = sys.stdout.isatty()
+    started = time.perf_counter()
+    try:
+        cfg = config_mod.load()
+        layout.check(cfg)
+    except JobError as exc:
+        results = [check.Result("config", False, str(exc), exc.exit_code)]
+    else:
+        logs.configure(cfg.logging.format, cfg.logging.level, secrets=cfg.secrets())
+        config_row = check.Result("config", True, f"valid; run id {cfg.run_id}")
+        results = [config_row, *check.everything(cfg, with_devices=args.devices)]
+    for r in results:
+        detail = logs.scrub(r.detail, _secrets())
+        if tty:
+            print(f"{'ok' if r.passed else 'FAIL':4s} {r.name:9s} {r.seconds:5.2f}s  {detail}")
+        else:
+            row = {"check": r.name, "passed": r.passed, "detail": detail, "seconds": r.seconds}
+            print(json.dumps({**row, "exit_code": r.exit_code}))
+    code = check.exit_code(results)
+    if tty:
+        print(f"{'all passed' if code == 0 else 'failed'} in {time.perf_counter() - started:.1f} s")
+    return code
+
+
 def cmd_submit(cfg: config_mod.Config, args: argparse.Namespace) -> int:
-    from job import submit
+    from job import check, submit
     from job.layout import open_store
 
     env = config_mod.read_environment()
+    if not args.no_check:
+        _stop_on_failure(check.for_submitter(cfg, args.backend))
     store = open_store(cfg.output_uri, cfg.storage)
     submit.check_new(cfg, store)
     if args.backend == "local":
@@ -158,6 +216,20 @@ def cmd_runs(cfg: config_mod.Config, limit: int) -> int:
     return EXIT_OK
 
 
+def cmd_prune(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    from job.layout import open_store
+    from job.runs import prune
+
+    if args.keep < 0 or not args.older_than_hours >= 0:
+        raise ConfigError("--keep", args.keep, "a count >= 0, and hours >= 0")
+    store = open_store(cfg.output_uri, cfg.storage)
+    pruned = prune(store, args.keep, args.older_than_hours, args.dry_run)
+    for run_id in pruned:
+        print(f"{'would delete' if args.dry_run else 'deleted'} {run_id}")
+    print(f"{len(pruned)} runs {'to delete' if args.dry_run else 'deleted'}")
+    return EXIT_OK
+
+
 def cmd_cancel(cfg: config_mod.Config) -> int:
     from job.layout import open_store
     from job.submit import cancel
@@ -168,7 +240,7 @@ def cmd_cancel(cfg: config_mod.Config) -> int:
 
 
 def cmd_train(cfg: config_mod.Config) -> int:
-    from job import cpus, precision
+    from job import check, cpus, precision
     from job.layout import open_store
     from job.preemption import PreemptionGuard
 
@@ -177,6 +249,8 @@ def cmd_train(cfg: config_mod.Config) -> int:
     guard = PreemptionGuard()
     guard.install()
     store = open_store(cfg.output_uri, cfg.storage)
+    # The cheap checks before TensorFlow loads: a wrong bucket or key fails in about a second.
+    _stop_on_failure(check.before_training(cfg))
     threads, source = cpus.usable(cfg.threads)
     cpus.before_tensorflow(threads)
     logs.import_tensorflow_quietly(cfg.logging.level)
@@ -280,6 +354,8 @@ def dispatch(args: argparse.Namespace) -> int:
         fetched = fetch_mnist(args.dest)
         print(f"MNIST {'fetched and verified' if fetched else 'already present'} in {args.dest}")
         return EXIT_OK
+    if command == "check":
+        return cmd_check(args)
     if command == "config" and args.table:
         print(config_mod.markdown_table(), end="")
         return EXIT_OK
@@ -304,6 +380,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_cancel(cfg)
     if command == "models":
         return cmd_models(cfg, args)
+    if command == "prune":
+        return cmd_prune(cfg, args)
     if command in ("promote", "rollback"):
         return cmd_promote(cfg, args)
     if command == "predict":

@@ -13,7 +13,7 @@ import hashlib
 import math
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -181,3 +181,33 @@ def load(dataset: str, path: Path | str | None) -> Dataset:
             arrays, source = _keras_download(dataset), f"keras.datasets.{dataset}"
     validate(arrays, source)
     return Dataset(dataset, source, **arrays)
+
+
+def configured(config, scratch: Path) -> Dataset:
+    """The dataset a run of `config` trains on (job.config.Config): DATA_URI's, or the first
+    local candidate; a DATA_URI in a bucket is copied to `scratch` first."""
+    from job import layout
+
+    if not config.data_uri:
+        return load(config.training.dataset, None)
+    location = layout.parse("DATA_URI", config.data_uri)
+    if not location.is_bucket:
+        return load(config.training.dataset, Path(location.path))
+    from job.bucket import download_data
+
+    local = download_data(config.storage, location, scratch / "data")
+    try:
+        return replace(load(config.training.dataset, local), source=location.uri)
+    except DataError as exc:  # name the object, not the scratch copy
+        raise DataError(str(exc).replace(str(local), location.uri)) from None
+
+
+def idx_sha256(array: np.ndarray) -> str:
+    """SHA-256 of `array` written as an IDX ubyte file: the digest of the original file,
+    whatever form (IDX, .gz, .npz, a bucket copy) it was read from."""
+    header = bytes([0, 0, IDX_UBYTE, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape
+    )
+    return hashlib.sha256(
+        header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    ).hexdigest()

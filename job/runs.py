@@ -20,6 +20,7 @@ from job.layout import (
     DOWNLOADED,
     FAILURE,
     METRICS,
+    MODELS,
     STATUS,
     SUCCESS,
     RunFiles,
@@ -145,3 +146,46 @@ def list_runs(store: Store, limit: int = 20) -> list[dict]:
     folders (a request per 1,000 runs), then a status read and marker checks per run shown."""
     run_ids = [r for r in store.children() if RUN_ID_RE.fullmatch(r) and r not in RESERVED_RUN_IDS]
     return [run_row(store, run_id) for run_id in sorted(run_ids, reverse=True)[:limit]]
+
+
+def protected_runs(store: Store) -> set[str]:
+    """Every model's champion and the champions before it (rollback targets)."""
+    from job import champion
+
+    kept: set[str] = set()
+    for name in store.children(MODELS):
+        record, _ = champion.read(store, name)
+        if record is not None:
+            kept.update([record["run_id"], *record["previous"]])
+    return kept
+
+
+def prune(store: Store, keep: int, older_than_hours: float, dry_run: bool) -> list[str]:
+    """Delete finished runs beyond the last `keep` (by run id, as `runs` lists them) whose
+    status is older than `older_than_hours`; never a champion or an earlier champion, never a
+    run without an end marker (running, or not yet retried). Returns the run ids deleted."""
+    protected = protected_runs(store)
+    run_ids = sorted(
+        (r for r in store.children() if RUN_ID_RE.fullmatch(r) and r not in RESERVED_RUN_IDS),
+        reverse=True,
+    )
+    pruned = []
+    for run_id in run_ids[keep:]:
+        reader = RunReader(store, run_id)
+        if run_id in protected or reader.outcome() is None:
+            continue
+        try:
+            reader.poll_status()
+        except JobError:
+            continue  # unreadable: left for a person to look at
+        age = reader.heartbeat_age()
+        if age is None or age < older_than_hours * 3600:
+            continue
+        if not dry_run:
+            # The end markers first: a run half deleted is never one that looks finished.
+            keys = store.list(run_id + "/")
+            markers = [reader.key(m) for m in (SUCCESS, FAILURE, CANCELLED)]
+            for key in [k for k in markers if k in keys] + [k for k in keys if k not in markers]:
+                store.delete(key)
+        pruned.append(run_id)
+    return pruned

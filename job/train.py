@@ -11,17 +11,14 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
-from dataclasses import replace
-from pathlib import Path
 
 import keras
 import numpy as np
 
-from job import artifacts, compat, data, distribute, layout, metrics, precision
+from job import artifacts, compat, data, distribute, metrics, precision
 from job.callbacks import EpochReporter, StopAtAccuracy, StopOnRequest
 from job.config import VARIABLES, Config
 from job.context import RunContext
-from job.errors import DataError
 from job.model import build_model, compile_model, layer_table, learning_rate
 from job.plan import TrainingPlan, prepare, training_plan
 from job.preemption import PreemptionGuard
@@ -50,7 +47,7 @@ def run(
         if ctx.finished:
             ctx.log.info("run_already_succeeded", location=ctx.shared.location)
             return ctx.published_metrics()
-        ds = (datasets or load_data(config, ctx.scratch)).limited(t.train_limit, t.test_limit)
+        ds = (datasets or data.configured(config, ctx.scratch)).limited(t.train_limit, t.test_limit)
         ctx.log.info("data", source=ds.source, n_train=len(ds.y_train), n_test=len(ds.y_test))
         plan = training_plan(t, ds, ctx.replicas, multi_worker=config.distribution.multi_worker)
         keras.utils.set_random_seed(t.seed)
@@ -77,22 +74,6 @@ def run(
         ctx.publish(folder, result, metrics.headline(result))
         ctx.promote()
     return result
-
-
-def load_data(config: Config, scratch: Path) -> data.Dataset:
-    """The configured dataset; a DATA_URI in a bucket is copied to local scratch first."""
-    if not config.data_uri:
-        return data.load(config.training.dataset, None)
-    location = layout.parse("DATA_URI", config.data_uri)
-    if not location.is_bucket:
-        return data.load(config.training.dataset, Path(location.path))
-    from job.bucket import download_data
-
-    local = download_data(config.storage, location, scratch / "data")
-    try:
-        return replace(data.load(config.training.dataset, local), source=location.uri)
-    except DataError as exc:  # name the object, not the scratch copy
-        raise DataError(str(exc).replace(str(local), location.uri)) from None
 
 
 def build(ctx: RunContext, plan: TrainingPlan, chosen: str):

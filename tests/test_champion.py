@@ -254,3 +254,24 @@ def test_a_trained_run_promotes_itself_and_its_champion_predicts(tmp_path, mnist
     (out / "nightly-1" / "model" / "model.keras").write_bytes(b"swapped")
     tampered = run_job("predict", "champion", str(tmp_path / "digit.png"), env=env, cwd=tmp_path)
     assert tampered.returncode == EXIT_DATA and "not the model the champion" in tampered.stderr
+
+
+def test_prune_keeps_the_newest_champions_and_unfinished_runs(store, s3_endpoint, bucket, tmp_path):
+    old = {"state": "succeeded", "updated_at": "2026-01-01T00:00:00.000Z"}
+    for i, acc in enumerate((0.99, 0.98, 0.97, 0.96)):  # run-0 is the oldest id
+        finish_run(store, f"run-{i}", acc)
+        store.put_bytes(f"run-{i}/status.json", json.dumps(old).encode())
+    promote(store, "run-0")
+    store.put_bytes("run-9/status.json", json.dumps({**old, "state": "running"}).encode())
+    env = job_env(**cos_env(s3_endpoint), OUTPUT_URI=f"s3://{bucket}/runs")
+    before = all_objects(s3_endpoint, bucket)
+    dry = run_job("prune", "--keep", "2", "--dry-run", env=env, cwd=tmp_path)
+    assert dry.returncode == 0 and "would delete run-2" in dry.stdout
+    assert all_objects(s3_endpoint, bucket) == before
+    proc = run_job("prune", "--keep", "2", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["deleted run-2", "deleted run-1", "2 runs deleted"]
+    left = {key.split("/")[1] for key in all_objects(s3_endpoint, bucket)}
+    # run-9 and run-3: the newest two (run-9 has no end marker: running); run-0: the champion.
+    assert left == {"run-9", "run-3", "run-0", "models"}
+    assert champion.candidate(store, "run-0").run_id == "run-0", "the champion's run is whole"

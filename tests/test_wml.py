@@ -247,3 +247,18 @@ def test_a_spec_wml_does_not_offer_is_refused_before_anything_is_stored(
     assert not standin.uploads and not standin.trainings
     assert not [r for r in standin.requests if r["path"] == "/v2/assets"]
     assert not [k for k in all_objects_for(env) if k.startswith("runs/wml-spec")]
+
+
+def test_check_asks_wml_for_the_space_and_specs(standin, wml_env, mnist_dir, tmp_path):
+    env = {**wml_env, "DATA_URI": str(mnist_dir)}
+    proc = wml("check", env=env, cwd=tmp_path)
+    rows = {json.loads(line)["check"]: json.loads(line) for line in proc.stdout.splitlines()}
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert rows["wml"]["detail"] == (
+        "space space-0001: software tensorflow_rt24.1-py3.11, hardware V100"
+    )
+    proc = wml("check", env={**env, "WML_HARDWARE_SPEC": "A100x9"}, cwd=tmp_path)
+    rows = {json.loads(line)["check"]: json.loads(line) for line in proc.stdout.splitlines()}
+    assert proc.returncode == 78 and not rows["wml"]["passed"]
+    assert "WML_HARDWARE_SPEC='A100x9'" in rows["wml"]["detail"]
+    assert SECRET_KEY not in proc.stdout + proc.stderr

@@ -1,0 +1,208 @@
+"""`python -m job check`: everything a run needs, checked before it spends compute.
+
+Each check returns one `Result` (name, passed, one line of detail, and the exit class of its
+failure: 78 configuration, 65 data, 75 transient). They are run in order and all reported; the
+command exits with the class of the first failure. TensorFlow is imported only for `--devices`.
+`train` runs `before_training` (the store and WORK_DIR, about a second) before it loads
+TensorFlow, and `submit` runs `for_submitter` before it launches anything.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from job import layout
+from job.config import Config
+from job.errors import EXIT_SOFTWARE, ConfigError, DataError, JobError, TransientError
+
+# What a run writes to WORK_DIR at most: the data when DATA_URI is a bucket (55 MB of MNIST),
+# the checkpoint (8.4 MB), model.keras and the SavedModel (11 MB), the images (0.3 MB):
+# under 100 MB. The check asks for 2.5 times that.
+WORK_DIR_NEEDS = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    passed: bool
+    detail: str
+    exit_code: int = 0
+    seconds: float = 0.0
+
+
+def run(name: str, check: Callable[[], str]) -> Result:
+    """One check: its detail line, or the failure with the exit class of its error."""
+    started = time.perf_counter()
+    try:
+        detail = check()
+    except JobError as exc:
+        return Result(name, False, str(exc), exc.exit_code, _since(started))
+    except Exception as exc:  # a check must report, not crash the report
+        detail = f"unexpected {type(exc).__name__}: {exc}"
+        return Result(name, False, detail, EXIT_SOFTWARE, _since(started))
+    return Result(name, True, detail, 0, _since(started))
+
+
+def _since(started: float) -> float:
+    return round(time.perf_counter() - started, 3)
+
+
+def output_store(cfg: Config) -> str:
+    """Reachable, the bucket exists, the keys work: a probe object written, read back and
+    deleted under the run's prefix (permissions, not only existence)."""
+    store = layout.open_store(cfg.output_uri, cfg.storage)
+    key = f"{cfg.run_id}/{layout.CHECK_PROBE}-{secrets.token_hex(4)}"
+    payload = secrets.token_bytes(32)
+    store.put_bytes(key, payload)
+    try:
+        if store.get_bytes(key) != payload:
+            raise ConfigError("OUTPUT_URI", cfg.output_uri, "a store that returns what was written")
+    finally:
+        store.delete(key)
+    if store.exists(key):
+        raise ConfigError("OUTPUT_URI", cfg.output_uri, "a store where a delete takes effect")
+    return f"{layout.run_uri(cfg.output_uri, cfg.run_id)}: write, read and delete work"
+
+
+def input_data(cfg: Config, known: dict[str, dict[str, str]]) -> str:
+    """Found where `train` looks, headers and counts valid, and for a dataset whose digests are
+    known (`known`: dataset -> IDX file -> SHA-256), each file's SHA-256."""
+    from job import data
+
+    if not cfg.data_uri and not any(
+        p.exists() for p in data.local_candidates(cfg.training.dataset)
+    ):
+        places = ", ".join(str(p) for p in data.local_candidates(cfg.training.dataset))
+        return f"none in {places}: train downloads keras.datasets' copy (needs the network)"
+    # System temp, not WORK_DIR: that has its own check, and each check fails alone.
+    with tempfile.TemporaryDirectory(prefix="mnist-job-check-") as scratch:
+        ds = data.configured(cfg, Path(scratch))
+    counts = f"{len(ds.y_train)} train / {len(ds.y_test)} test from {ds.source}"
+    digests = known.get(ds.name)
+    if not digests:
+        return f"{counts}; no known digests for {ds.name}: not verified"
+    for key, stem in data.IDX_FILES.items():
+        actual = data.idx_sha256(getattr(ds, key))
+        if actual != digests[stem]:
+            raise DataError(
+                f"{ds.source}: {stem} has SHA-256 {actual[:16]}..., not {ds.name}'s "
+                f"{digests[stem][:16]}..."
+            )
+    return f"{counts}; SHA-256 of all four files match {ds.name}'s"
+
+
+def work_dir(cfg: Config) -> str:
+    folder = cfg.work_dir or tempfile.gettempdir()
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".mnist-job-check-") as probe:
+            probe.write(b"x" * 4096)
+            probe.flush()
+        free = shutil.disk_usage(folder).free
+    except OSError as exc:
+        raise ConfigError("WORK_DIR", folder, f"a writable folder ({exc.strerror})") from None
+    if free < WORK_DIR_NEEDS:
+        raise ConfigError(
+            "WORK_DIR", folder, f"at least {WORK_DIR_NEEDS >> 20} MiB free (has {free >> 20} MiB)"
+        )
+    return f"{folder}: writable, {free >> 20} MiB free (a run needs under 100 MiB)"
+
+
+def peers(cfg: Config) -> str:
+    """Every host named in the cluster resolves (a peer that cannot is exit 75: its pod may
+    not be scheduled yet)."""
+    cluster = cfg.cluster
+    if cluster is None:
+        return "single process: no peers"
+    addresses = [a for role in cluster.spec.values() for a in role]
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        try:
+            socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise TransientError(f"TF_CONFIG: peer {address} does not resolve ({exc})") from None
+    return f"{len(addresses)} peers resolve"
+
+
+def wml_service(cfg: Config) -> str:
+    """Credentials, the space and the software/hardware specifications (the submitter's side)."""
+    from job import wml
+
+    try:
+        api = wml.client(cfg.wml)
+    except ImportError:
+        raise ConfigError(
+            "WML_URL", cfg.wml.url, "a submitter environment with ibm-watson-machine-learning "
+            "(make venv-wml; .venv-wml/bin/python -m job check)",
+        ) from None  # fmt: skip
+    with wml.reaching(str(cfg.wml.url)):
+        software, hardware = wml.choose_specs(cfg.wml, *wml.offered_specs(api))
+    return f"space {cfg.wml.space_id}: software {software}, hardware {hardware}"
+
+
+def devices(cfg: Config) -> str:
+    from job import logs, precision
+
+    logs.import_tensorflow_quietly(cfg.logging.level)
+    import tensorflow as tf
+
+    cpus = len(tf.config.list_physical_devices("CPU"))
+    with logs.native_output_silenced(cfg.logging.level):
+        gpus = precision.gpu_capabilities()
+    chosen = precision.choose("auto", gpus, precision.cpu_flags())
+    shown = ", ".join(f"compute {a}.{b}" for a, b in gpus) or "none"
+    return f"TensorFlow {tf.__version__}: {cpus} CPU(s), GPUs: {shown}; auto precision: {chosen}"
+
+
+def before_training(cfg: Config) -> list[Result]:
+    """The cheap checks `train` runs before it loads TensorFlow."""
+    return [run("output", lambda: output_store(cfg)), run("work_dir", lambda: work_dir(cfg))]
+
+
+def for_submitter(cfg: Config, backend: str) -> list[Result]:
+    """What makes sense from the submitter's machine: the output store, data in a bucket (a
+    local DATA_URI is the host's, not the run's), and WML's side for the wml backend."""
+    from job.fetch import SHA256
+
+    results = [run("output", lambda: output_store(cfg))]
+    if cfg.data_uri and layout.parse("DATA_URI", cfg.data_uri).is_bucket:
+        results.append(run("data", lambda: input_data(cfg, {"mnist": SHA256})))
+    if backend == "wml":
+        results.append(run("wml", lambda: wml_service(cfg)))
+    return results
+
+
+def everything(cfg: Config, *, with_devices: bool) -> list[Result]:
+    from job.fetch import SHA256
+
+    results = [
+        run("output", lambda: output_store(cfg)),
+        run("data", lambda: input_data(cfg, {"mnist": SHA256})),
+        run("work_dir", lambda: work_dir(cfg)),
+        run("peers", lambda: peers(cfg)),
+    ]
+    if cfg.wml.url:
+        results.append(run("wml", lambda: wml_service(cfg)))
+    if with_devices:
+        results.append(run("devices", lambda: devices(cfg)))
+    return results
+
+
+def exit_code(results: list[Result]) -> int:
+    return next((r.exit_code for r in results if not r.passed), 0)
+
+
+def failure(results: list[Result]) -> JobError | None:
+    """The first failure as the error `train`/`submit` stop with (its line, its exit class)."""
+    first = next((r for r in results if not r.passed), None)
+    if first is None:
+        return None
+    error = JobError(f"check {first.name} failed: {first.detail}")
+    error.exit_code = first.exit_code
+    return error
