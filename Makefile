@@ -18,13 +18,14 @@ QUIET_PIP := { grep -v 'is ignored: it is neither a file nor a directory' || tru
 VARIANT ?= cpu
 IMAGE ?= mnist-job:$(VARIANT)
 
-.PHONY: help venv venv-wml venv-tf214 data train test lint format lock docs bench bench-short image image-test image-test-gpu clean
+.PHONY: help venv venv-wml venv-tf214 data train test lint format lock docs bench bench-short bench-runs image image-test image-test-gpu clean
 
 help:
 	@echo "make train   - set up, fetch MNIST, train with defaults (results under ./runs)"
 	@echo "make test    - set up, fetch MNIST, run lint and the whole test suite"
 	@echo "make data    - fetch and verify real MNIST into ./data (idempotent)"
 	@echo "make bench   - notebook recipe vs default, side by side (bench-short: a quick check)"
+	@echo "make bench-runs - runs / champion lookup / prune cost with 1,000 and 10,000 runs"
 	@echo "make image   - build the image (VARIANT=cpu|gpu; docker, or podman without an engine)"
 	@echo "make image-test - build the CPU image with podman and run it as docker run would"
 	@echo "make image-test-gpu - the same for the GPU image (no GPU needed; ~3 GB of CUDA wheels)"
@@ -112,3 +113,7 @@ bench: data
 
 bench-short: data
 	$(PY) bench/bench.py --short
+
+# What `runs`, the champion lookup and prune cost with 1,000 and 10,000 runs in one bucket.
+bench-runs: $(STAMP)
+	$(PY) bench/runs_scale.py

@@ -283,7 +283,8 @@ def cmd_predict(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="mnist-job-predict-", dir=cfg.work_dir) as scratch:
         model = Path(args.model)
-        if args.model == "champion" or args.model.startswith(f"{layout.MODELS}/"):
+        named = args.model == "champion" or args.model.startswith(f"{layout.MODELS}/")
+        if named and not model.exists():  # a file or folder of that name is what it says
             name = args.model.removeprefix(f"{layout.MODELS}/").strip("/")
             name = cfg.model_name if name == "champion" else name
             model = champion_model(cfg, config_mod.check_model_name("MODEL_NAME", name), scratch)
@@ -322,9 +323,9 @@ def cmd_models(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
 
 def _shown(value: object, width: int) -> str:
-    """A value read from a store, fit for a terminal: printable characters only, cut short."""
-    text = "" if value is None else str(value)
-    return "".join(c if c.isprintable() else "?" for c in text)[:width]
+    from job.watch import printable
+
+    return "" if value is None else printable(value, width)
 
 
 def cmd_promote(cfg: config_mod.Config, args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from job import logs
 from job.config import RUN_ID_RE
 from job.digest import sha256_bytes
-from job.errors import ConfigError, DataError, TransientError
+from job.errors import ConfigError, DataError, JobError, TransientError
 from job.layout import (
     METRICS,
     MODEL_FILE,
@@ -47,6 +47,8 @@ from job.store import PreconditionFailed, Store
 POLICIES = ("never", "if-better", "always")
 MAX_ROUNDS = 50  # lost swaps in a row before giving up (exit 75): far beyond real contention
 MAX_LINEAGE = 100  # earlier champions kept for rollback
+MAX_DECISIONS = 99_999_999  # history numbers have eight digits (job.layout.history_key)
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -103,14 +105,18 @@ def candidate(store: Store, run_id: str) -> Candidate:
     accuracy, loss = metrics.get("test_accuracy"), metrics.get("test_loss")
     if not (_number(accuracy) and 0 <= accuracy <= 1 and _number(loss)):
         raise DataError(f"{files.where(METRICS)}: no test_accuracy in [0, 1] and test_loss")
+    # The model itself, as listed: a champion whose file is missing or altered serves nothing.
+    model = store.get_bytes(files.key(MODEL_FILE))
+    if model is None or sha256_bytes(model) != entries[MODEL_FILE]["sha256"]:
+        raise DataError(f"{files.where(MODEL_FILE)}: missing or not the file {SUCCESS} lists")
     return Candidate(
         run_id=run_id,
         model=files.key(MODEL_FILE),
         model_sha256=entries[MODEL_FILE]["sha256"],
         test_accuracy=float(accuracy),
         test_loss=float(loss),
-        dataset=str(metrics.get("dataset")),
-        test_set_sha256=_text(metrics.get("test_set_sha256")),
+        dataset=_text(metrics.get("dataset")) or "unknown",
+        test_set_sha256=_hex(metrics.get("test_set_sha256")),
         code_version=_text(metrics.get("code_version")),
     )
 
@@ -120,7 +126,12 @@ def _number(value: object) -> bool:
 
 
 def _text(value: object) -> str | None:
-    return value if isinstance(value, str) and 0 < len(value) <= 200 else None
+    ok = isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable()
+    return value if ok else None  # type: ignore[return-value]
+
+
+def _hex(value: object) -> str | None:
+    return value if isinstance(value, str) and SHA256_RE.fullmatch(value) else None
 
 
 def read(store: Store, name: str) -> tuple[dict | None, str | None]:
@@ -135,18 +146,18 @@ def read(store: Store, name: str) -> tuple[dict | None, str | None]:
         isinstance(record.get("run_id"), str)
         and RUN_ID_RE.fullmatch(record["run_id"])
         and _number(record.get("test_accuracy"))
+        and 0 <= record["test_accuracy"] <= 1
         and type(record.get("decisions")) is int
-        and record["decisions"] >= 1
+        and 1 <= record["decisions"] < MAX_DECISIONS
         and isinstance(lineage, list)
         and all(isinstance(r, str) and RUN_ID_RE.fullmatch(r) for r in lineage)
         and isinstance(record.get("last_decision"), dict)
         and record.get("model") == f"{record['run_id']}/{MODEL_FILE}"
-        and isinstance(record.get("model_sha256"), str)
-        and re.fullmatch(r"[0-9a-f]{64}", record["model_sha256"])
+        and _hex(record.get("model_sha256")) is not None
     )
     if not fine:
         raise DataError(f"{where}: not a champion record (run_id, model, test_accuracy, ...)")
-    return record, etag
+    return {**record, "previous": lineage[-MAX_LINEAGE:]}, etag
 
 
 def decide(
@@ -222,7 +233,10 @@ def _swap(store: Store, name: str, run_id: str | None, action: str, change) -> D
             store.put_bytes(key, to_json(record), **condition)
         except PreconditionFailed:
             continue  # another decision won; decide again against it
-        _create_entry(store, name, entry)
+        try:
+            _create_entry(store, name, entry)
+        except JobError as exc:  # decided: the champion record holds it, the next one repairs
+            logs.get("job.champion").warning("history_entry_deferred", error=str(exc))
         decision = Decision(name, decided, action, promoted, reason, record["run_id"], sequence)
         logs.get("job.champion").info("champion_decision", **decision.summary(), run=decided)
         return decision
@@ -231,14 +245,20 @@ def _swap(store: Store, name: str, run_id: str | None, action: str, change) -> D
 
 def _create_entry(store: Store, name: str, entry: dict) -> None:
     key = history_key(name, entry["sequence"], entry["run_id"])
+    body = to_json(entry)
     try:
-        store.put_bytes(key, to_json(entry), if_none_match=True)
+        store.put_bytes(key, body, if_none_match=True)
     except PreconditionFailed:
-        return  # already written (a retried request, or a repair racing another)
+        if store.get_bytes(key) != body:  # not ours: the history already says otherwise
+            logs.get("job.champion").warning("history_entry_conflict", key=key)
+        return
+    # A create that must fail, with other bytes (a store may take the same bytes again as a
+    # retried request): a store that lets it through ignores conditional writes.
     try:
-        store.put_bytes(key, to_json(entry), if_none_match=True)
+        store.put_bytes(key, to_json({**entry, "probe": True}), if_none_match=True)
     except PreconditionFailed:
         return
+    store.put_bytes(key, body)  # put the entry back
     logs.get("job.champion").warning(
         "conditional_writes_ignored",
         store=store.uri,
@@ -248,23 +268,35 @@ def _create_entry(store: Store, name: str, entry: dict) -> None:
 
 
 def _restore_entry(store: Store, name: str, current: dict) -> None:
-    """The history entry of the champion record's last decision, if a crash lost it."""
-    entry = current["last_decision"]
-    if type(entry.get("sequence")) is not int or not isinstance(entry.get("run_id"), str):
+    """The history entry of the champion record's last decision, if a crash lost it. Only an
+    entry consistent with the record (its number, a run id) is written, with its known fields."""
+    last = current["last_decision"]
+    if last.get("sequence") != current["decisions"] or not isinstance(last.get("run_id"), str):
         return
-    if not RUN_ID_RE.fullmatch(entry["run_id"]):
+    if not RUN_ID_RE.fullmatch(last["run_id"]):
         return
-    if not store.exists(history_key(name, entry["sequence"], entry["run_id"])):
-        _create_entry(store, name, entry)
+    if store.exists(history_key(name, current["decisions"], last["run_id"])):
+        return
+    entry = {
+        "sequence": current["decisions"], "action": _text(last.get("action")),
+        "model_name": name, "run_id": last["run_id"], "promoted": last.get("promoted") is True,
+        "reason": _text(last.get("reason")), "champion": current["run_id"],
+        "decided_at": _text(last.get("decided_at")), "restored": True,
+    }  # fmt: skip
+    _create_entry(store, name, entry)
 
 
 def history(store: Store, name: str, limit: int | None = None) -> list[dict]:
-    """The decisions on `name`, newest first (the newest `limit`)."""
-    keys = [k for k in store.list(history_prefix(name)) if parse_history_key(name, k)]
-    keys.sort(key=lambda k: parse_history_key(name, k)[0], reverse=True)
+    """The decisions on `name`, newest first (the newest `limit`); an unreadable entry is
+    shown as such, without hiding the others."""
+    numbered = [(parse_history_key(name, k), k) for k in store.list(history_prefix(name))]
+    keys = sorted(((n[0], k) for n, k in numbered if n), reverse=True)
     entries = []
-    for key in keys[:limit]:
+    for sequence, key in keys[:limit]:
         raw = store.get_bytes(key)
-        if raw is not None:
-            entries.append(decode_json(raw, f"{store.uri.rstrip('/')}/{key}"))
+        try:
+            entry = decode_json(raw or b"", f"{store.uri.rstrip('/')}/{key}")
+        except DataError as exc:
+            entry = {"sequence": sequence, "action": "unreadable", "reason": str(exc)}
+        entries.append(entry)
     return entries

@@ -308,7 +308,11 @@ def check_run_id(name: str, raw: str) -> str:
     return raw
 
 
-check_model_name = _pattern(RUN_ID_RE, RUN_ID_RULE)
+# A model name: like a run id, but `_` allowed too, so a dataset's name (fashion_mnist) is one.
+MODEL_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
+check_model_name = _pattern(
+    MODEL_NAME_RE, "1-63 characters of [a-z0-9_-], alphanumeric at both ends"
+)
 # Top-level names under OUTPUT_URI that are not runs (job.layout.MODELS: the champions).
 RESERVED_RUN_IDS = ("models",)
 _dns_label = _pattern(RUN_ID_RE, "a DNS label: 1-63 of [a-z0-9-], alphanumeric at both ends")

@@ -24,7 +24,7 @@ from job.callbacks import History
 from job.checkpoint import Checkpointer
 from job.config import Config
 from job.errors import ConfigError, JobError
-from job.layout import METRICS
+from job.layout import METRICS, STATUS
 from job.ownership import Lease, LostOwnership, RunOwned
 from job.preemption import Preempted, PreemptionGuard
 from job.publish import FinishedElsewhere, RunPublisher, now_iso
@@ -195,13 +195,20 @@ class RunContext:
         """After `_SUCCESS`, the champion decision PROMOTE asks for (job.champion), recorded in
         status.json beside the final figures. The run's own files do not change, and a
         decision that fails (the store, a corrupt champion record) does not undo the run: it
-        is logged as `promotion_failed` and recorded as not promoted, with the error."""
+        is logged as `promotion_failed` and recorded as not promoted, with the error. A rerun
+        of a finished run whose status holds no decision (the process died in between) takes
+        it then: deciding again on the same run is harmless ("already the champion")."""
         promotion, name = self.config.promotion, self.config.model_name
         if promotion.policy == "never" or not self.config.is_chief:
             return
         from job import champion
 
-        store = self.shared.store
+        store, status_key = self.shared.store, self.shared.key(STATUS)
+        if self.finished:
+            raw, etag = store.get_if_changed(status_key, None)
+            status = layout.decode_json(raw, self.shared.where(STATUS)) if raw else {}
+            if isinstance(status.get("promotion"), dict):
+                return
         try:
             decision = champion.consider(
                 store, name, champion.candidate(store, self.config.run_id),
@@ -210,7 +217,12 @@ class RunContext:
         except JobError as exc:
             self.log.error("promotion_failed", model_name=name, error=str(exc))
             decision = {"model_name": name, "promoted": False, "reason": f"error: {exc}"}
-        self.publisher.status("succeeded", **self._final, promotion=decision)
+        if not self.finished:
+            self.publisher.status("succeeded", **self._final, promotion=decision)
+        elif etag is not None:  # no lease on a finished run: replace only what was read
+            with contextlib.suppress(PreconditionFailed):
+                store.put_bytes(status_key, layout.to_json({**status, "promotion": decision}),
+                                if_match=etag)  # fmt: skip
 
     def end(self, state: str, reason: str) -> None:
         """Record how the run ended, once. Best effort: the store may be what failed."""

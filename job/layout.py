@@ -31,7 +31,7 @@ OWNER = "owner.json"  # the lease of the process writing the run (job.ownership)
 SUCCESS = "_SUCCESS"  # written last: every file with its size and SHA-256
 FAILURE = "_FAILURE"
 CANCELLED = "_CANCELLED"
-CHECK_PROBE = ".check-probe"  # `check` writes, reads and deletes <run id>/.check-probe-<hex>
+CHECK_PROBE = ".check-probe"  # `check` writes, reads and deletes <OUTPUT_URI>/.check-probe-<hex>
 DOWNLOADED = (METRICS, f"{IMAGES}/")  # what `watch` fetches of a finished run
 
 

@@ -21,6 +21,7 @@ from job.layout import (
     FAILURE,
     METRICS,
     MODELS,
+    OWNER,
     STATUS,
     SUCCESS,
     RunFiles,
@@ -163,8 +164,8 @@ def protected_runs(store: Store) -> set[str]:
 def prune(store: Store, keep: int, older_than_hours: float, dry_run: bool) -> list[str]:
     """Delete finished runs beyond the last `keep` (by run id, as `runs` lists them) whose
     status is older than `older_than_hours`; never a champion or an earlier champion, never a
-    run without an end marker (running, or not yet retried). Returns the run ids deleted."""
-    protected = protected_runs(store)
+    run without an end marker or with an owner lease (running, or being retried). Returns the
+    run ids deleted (or, with `dry_run`, that would be)."""
     run_ids = sorted(
         (r for r in store.children() if RUN_ID_RE.fullmatch(r) and r not in RESERVED_RUN_IDS),
         reverse=True,
@@ -172,7 +173,9 @@ def prune(store: Store, keep: int, older_than_hours: float, dry_run: bool) -> li
     pruned = []
     for run_id in run_ids[keep:]:
         reader = RunReader(store, run_id)
-        if run_id in protected or reader.outcome() is None:
+        if reader.outcome() is None or reader.exists(OWNER):
+            # No end marker: running. A lease: a process owns it (a retry of a failed run
+            # resumes under the old _FAILURE), or one died holding it: a person decides.
             continue
         try:
             reader.poll_status()
@@ -180,6 +183,9 @@ def prune(store: Store, keep: int, older_than_hours: float, dry_run: bool) -> li
             continue  # unreadable: left for a person to look at
         age = reader.heartbeat_age()
         if age is None or age < older_than_hours * 3600:
+            continue
+        # Read just before deleting, not once: a run promoted meanwhile is a champion now.
+        if run_id in protected_runs(store):
             continue
         if not dry_run:
             # The end markers first: a run half deleted is never one that looks finished.

@@ -87,6 +87,17 @@ class LocalStore:
             os.close(fd)
 
     def _write(self, key: str, data: bytes, if_match: str | None, if_none_match: bool) -> str:
+        # A concurrent delete removes a folder it empties (as a bucket has no empty folders):
+        # between our mkdir and our lock the folder can vanish. That is a race, not a wrong
+        # OUTPUT_URI: try again.
+        for _ in range(5):
+            try:
+                return self._write_once(key, data, if_match, if_none_match)
+            except FileNotFoundError:
+                continue
+        raise TransientError(f"cannot write {self._path(key)}: its folder keeps disappearing")
+
+    def _write_once(self, key: str, data: bytes, if_match: str | None, if_none_match: bool) -> str:
         target = self._path(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -107,6 +118,8 @@ class LocalStore:
                 except BaseException:
                     Path(tmp).unlink(missing_ok=True)
                     raise
+        except FileNotFoundError:
+            raise
         except OSError as exc:
             raise self._os_error("write", target, exc) from None
         return _md5(data)
@@ -193,6 +206,11 @@ class LocalStore:
         try:
             if not base.is_dir():
                 return []
-            return sorted(p.name for p in base.iterdir() if p.is_dir() and p.name[:1] != ".")
+            # A symlinked folder is not a run of this store (prune must never follow one out).
+            return sorted(
+                p.name
+                for p in base.iterdir()
+                if p.is_dir() and not p.is_symlink() and p.name[:1] != "."
+            )
         except OSError as exc:
             raise self._os_error("list", base, exc) from None

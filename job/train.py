@@ -46,6 +46,7 @@ def run(
     with ctx, precision.policy(t.precision) as chosen:
         if ctx.finished:
             ctx.log.info("run_already_succeeded", location=ctx.shared.location)
+            ctx.promote()
             return ctx.published_metrics()
         ds = (datasets or data.configured(config, ctx.scratch)).limited(t.train_limit, t.test_limit)
         ctx.log.info("data", source=ds.source, n_train=len(ds.y_train), n_test=len(ds.y_test))

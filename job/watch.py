@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from job.errors import DataError
+from job.errors import DataError, JobError
 from job.layout import FAILURE, METRICS, RUN_RECORD, SUCCESS, decode_json
 from job.runs import RunReader
 
@@ -64,6 +64,11 @@ def summary(metrics: dict, files_dir: Path) -> list[str]:
     ]
 
 
+def printable(value: object, width: int) -> str:
+    """A value read from a store, fit for a terminal: printable characters only, cut short."""
+    return "".join(c if c.isprintable() else "?" for c in str(value))[:width]
+
+
 def promotion_line(reader: RunReader, interval: float, wait: float) -> str | None:
     """What became of the run's champion decision, when it asked for one (PROMOTE in its
     run.json). The decision lands in status.json just after `_SUCCESS`: wait for it a while."""
@@ -74,11 +79,14 @@ def promotion_line(reader: RunReader, interval: float, wait: float) -> str | Non
         return None
     deadline = time.monotonic() + wait
     while True:
-        reader.poll_status()
+        try:
+            reader.poll_status()
+        except JobError:  # the run succeeded and is downloaded: this line must not undo that
+            return "Promotion: status.json unreadable"
         decision = (reader.status or {}).get("promotion")
         if isinstance(decision, dict):
-            reason = str(decision.get("reason", "no reason recorded"))[:300]
-            name = str(decision.get("model_name", "?"))[:63]
+            reason = printable(decision.get("reason", "no reason recorded"), 300)
+            name = printable(decision.get("model_name", "?"), 63)
             if decision.get("promoted") is True:
                 return f"Promoted: champion of model {name} ({reason})"
             return f"Not promoted to champion of model {name}: {reason}"

@@ -100,6 +100,9 @@ NETWORK_TROUBLE = ("Max retries exceeded", "Connection refused", "Failed to esta
                    "Name or service not known", "timed out", "Temporary failure")  # fmt: skip
 
 
+AUTH_TROUBLE = ("IAM Token", "401", "403", "Unauthorized", "Forbidden", "not authorized")
+
+
 @contextlib.contextmanager
 def reaching(url: str):
     """The WML client wraps network errors in its own exception types: an unreachable service
@@ -111,6 +114,10 @@ def reaching(url: str):
             raise TransientError(f"cannot reach WML_URL={url}: {type(exc).__name__}") from None
         if "url is not valid" in str(exc):
             raise ConfigError("WML_URL", url, "the URL of an IBM Cloud WML region") from None
+        if any(text in str(exc) for text in AUTH_TROUBLE):
+            raise ConfigError(
+                "WML_APIKEY", "", f"credentials WML accepts (WML_TOKEN, WML_SPACE_ID): {exc}"
+            ) from None
         raise
 
 
@@ -185,6 +192,11 @@ def submit(cfg: Config, env: dict[str, str], zip_dir: Path) -> dict:
         locations[variable] = layout.parse(variable, uri) if uri else None
         if locations[variable] is None or not locations[variable].is_bucket:
             raise ConfigError(variable, uri, "an s3:// URI: WML reads and writes buckets")
+    if cfg.promotion.policy != "never":
+        raise ConfigError(
+            "PROMOTE", cfg.promotion.policy, "never with --backend wml: WML writes each run "
+            "under <OUTPUT_URI>/<training id>/, apart from the champions' store",
+        )  # fmt: skip
     api = client(cfg.wml)
     with reaching(cfg.wml.url):
         software_spec, hardware_spec = choose_specs(cfg.wml, *offered_specs(api))

@@ -101,6 +101,29 @@ def test_force_then_rollback_twice(store):
                        ("rollback", "better"), ("rollback", "good")]  # fmt: skip
 
 
+def test_hostile_records_do_not_reach_the_history(store):
+    finish_run(store, "a", 0.99)
+    finish_run(store, "b", 0.98)
+    promote(store, "a")
+    record = json.loads(store.get_bytes(layout.champion_key("mnist")))
+    # A last decision that disagrees with the record's count, with an escape sequence in it.
+    record["last_decision"] = {"sequence": 7, "run_id": "c", "reason": "\x1b[31mowned"}
+    store.put_bytes(layout.champion_key("mnist"), layout.to_json(record))
+    promote(store, "b")
+    assert [(e["sequence"], e["run_id"]) for e in champion.history(store, "mnist")] == [
+        (2, "b"), (1, "a"),
+    ]  # fmt: skip
+
+
+def test_a_model_name_may_be_a_dataset_name(store, s3_endpoint, bucket, tmp_path):
+    finish_run(store, "fashion-1", 0.91)
+    champion.consider(store, "fashion_mnist", champion.candidate(store, "fashion-1"),
+                      policy="if-better", margin=0.0)  # fmt: skip
+    env = job_env(**cos_env(s3_endpoint), OUTPUT_URI=f"s3://{bucket}/runs", DATASET="fashion_mnist")
+    proc = run_job("models", env=env, cwd=tmp_path)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["champion"]["run_id"] == "fashion-1"
+
+
 def test_unfinished_or_tampered_runs_are_not_candidates(store):
     store.put_bytes("running/status.json", b'{"state": "running"}')
     with pytest.raises(champion.DataError, match="not a finished run"):
@@ -109,6 +132,10 @@ def test_unfinished_or_tampered_runs_are_not_candidates(store):
     store.put_bytes("tampered/metrics.json", json.dumps({"test_accuracy": 1.0}).encode())
     with pytest.raises(champion.DataError, match="not the file _SUCCESS lists"):
         champion.candidate(store, "tampered")
+    finish_run(store, "swapped", 0.99)
+    store.put_bytes("swapped/model/model.keras", b"another model")
+    with pytest.raises(champion.DataError, match=r"model\.keras: missing or not the file"):
+        champion.candidate(store, "swapped")
 
 
 def test_a_lost_history_entry_is_written_by_the_next_decision(store):
@@ -134,9 +161,13 @@ class IgnoresConditions(LocalStore):
         return super().put_bytes(key, data)
 
 
-def test_a_store_that_ignores_conditional_writes_is_detected(tmp_path):
+def test_a_store_that_ignores_conditional_writes_is_detected(tmp_path, store):
     from structlog.testing import capture_logs
 
+    finish_run(store, "on-s3", 0.99)
+    with capture_logs() as events:
+        promote(store, "on-s3")  # the loopback S3 server enforces conditions: no warning
+    assert not [e for e in events if e["event"] == "conditional_writes_ignored"]
     store = IgnoresConditions(tmp_path)
     finish_run(store, "one", 0.99)
     with capture_logs() as events:
@@ -263,6 +294,12 @@ def test_prune_keeps_the_newest_champions_and_unfinished_runs(store, s3_endpoint
         store.put_bytes(f"run-{i}/status.json", json.dumps(old).encode())
     promote(store, "run-0")
     store.put_bytes("run-9/status.json", json.dumps({**old, "state": "running"}).encode())
+    # run-1: failed, and a retry owns it again (its lease), still under the old _FAILURE.
+    finish_run(store, "run-1b", 0.5)
+    store.put_bytes("run-1b/_FAILURE", b"{}")
+    store.delete("run-1b/_SUCCESS")
+    store.put_bytes("run-1b/status.json", json.dumps(old).encode())
+    store.put_bytes("run-1b/owner.json", b'{"expires_at": 1}')
     env = job_env(**cos_env(s3_endpoint), OUTPUT_URI=f"s3://{bucket}/runs")
     before = all_objects(s3_endpoint, bucket)
     dry = run_job("prune", "--keep", "2", "--dry-run", env=env, cwd=tmp_path)
@@ -272,6 +309,25 @@ def test_prune_keeps_the_newest_champions_and_unfinished_runs(store, s3_endpoint
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["deleted run-2", "deleted run-1", "2 runs deleted"]
     left = {key.split("/")[1] for key in all_objects(s3_endpoint, bucket)}
-    # run-9 and run-3: the newest two (run-9 has no end marker: running); run-0: the champion.
-    assert left == {"run-9", "run-3", "run-0", "models"}
+    # run-9 and run-3: the newest two (run-9 has no end marker: running); run-0: the champion;
+    # run-1b: owned.
+    assert left == {"run-9", "run-3", "run-1b", "run-0", "models"}
     assert champion.candidate(store, "run-0").run_id == "run-0", "the champion's run is whole"
+
+
+@pytest.mark.slow
+def test_a_finished_run_without_a_decision_takes_it_when_rerun(tmp_path, mnist_dir):
+    """As if the process died between `_SUCCESS` and the decision: the Job's retry (the same
+    RUN_ID) finds the run finished and decides then, once."""
+    from tests.conftest import train_in_process
+
+    settings = {"RUN_ID": "late", "RECIPE": "seed", "TRAIN_LIMIT": "500", "TEST_LIMIT": "100",
+                "EPOCHS": "1"}  # fmt: skip
+    train_in_process(tmp_path, mnist_dir, **settings)
+    status_file = tmp_path / "out" / "late" / "status.json"
+    assert "promotion" not in json.loads(status_file.read_text())
+    for _ in range(2):
+        train_in_process(tmp_path, mnist_dir, **settings, PROMOTE="if-better")
+    assert json.loads(status_file.read_text())["promotion"]["reason"] == "first champion"
+    store = LocalStore(tmp_path / "out")
+    assert [e["run_id"] for e in champion.history(store, "mnist")] == ["late"], "decided once"

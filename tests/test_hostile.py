@@ -334,7 +334,8 @@ def test_6_host_paths_stay_on_the_host(out, tmp_path):
     assert not {"ENV_FILE", "WORK_DIR", "DATA_URI", "OUTPUT_URI"} & set(forwarded)
 
 
-def test_21_wml_unreachable_is_transient(out, s3_endpoint, bucket, tmp_path):
+def test_21_wml_unreachable_is_transient(out, s3_endpoint, bucket, tmp_path, mnist_dir):
+    """Found by submit's checks before anything is stored (and without them, by the client)."""
     wml_python = ROOT / ".venv-wml" / "bin" / "python"
     env = env_for(
         out, **cos_env(s3_endpoint), WML_URL="https://127.0.0.1:9", WML_TOKEN="token-123456789",
@@ -342,12 +343,17 @@ def test_21_wml_unreachable_is_transient(out, s3_endpoint, bucket, tmp_path):
         # the harness lets the real client talk to a host that is not IBM's (tests/test_wml.py)
         PYTHONPATH=f"{ROOT}:{ROOT / 'tests' / 'wml_harness'}",
     )  # fmt: skip
-    proc = subprocess.run(
-        [str(wml_python), "-m", "job", "submit", "--backend", "wml", "--run-id", "w1"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert proc.returncode == EXIT_TRANSIENT, proc.stderr[-2000:]
-    assert "cannot reach WML_URL=https://127.0.0.1:9" in one_error_line(proc.stderr)
+    from tests.test_storage import upload_slice
+
+    ds = data.load("mnist", mnist_dir).limited(200, 50)
+    upload_slice(s3_endpoint, bucket, {k: getattr(ds, k) for k in data.IDX_FILES})
+    for skip in ([], ["--no-check"]):
+        proc = subprocess.run(
+            [str(wml_python), "-m", "job", "submit", "--backend", "wml", "--run-id", "w1", *skip],
+            env=env, cwd=tmp_path, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert proc.returncode == EXIT_TRANSIENT, proc.stderr[-2000:]
+        assert "cannot reach WML_URL=https://127.0.0.1:9" in one_error_line(proc.stderr)
 
 
 # --- 8, 14: following runs ---------------------------------------------------------------------
