@@ -24,7 +24,7 @@ help:
 	@echo "make train   - set up, fetch MNIST, train with defaults (results under ./runs)"
 	@echo "make test    - set up, fetch MNIST, run lint and the whole test suite"
 	@echo "make data    - fetch and verify real MNIST into ./data (idempotent)"
-	@echo "make bench   - notebook recipe vs default, side by side (bench-short: a quick check)"
+	@echo "make bench   - default recipe vs the notebook: time to 99%, final accuracy, samples/s (bench-short: quick)"
 	@echo "make bench-runs - runs / champion lookup / prune cost with 1,000 and 10,000 runs"
 	@echo "make image   - build the image (VARIANT=cpu|gpu; docker, or podman without an engine)"
 	@echo "make image-test - build the CPU image with podman and run it as docker run would"

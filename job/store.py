@@ -101,6 +101,9 @@ class LocalStore:
         target = self._path(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a folder that cannot be made: the path is wrong (/proc/...)
+            raise self._os_error("write", target, exc) from None
+        try:
             with self._locked(target.parent):
                 # Read the current version only when a condition needs it: most writes are new
                 # files, and an old checkpoint need not be hashed to be replaced.

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from job.errors import DataError, JobError
-from job.layout import FAILURE, METRICS, RUN_RECORD, SUCCESS, decode_json
+from job.layout import FAILURE, METRICS, RUN_RECORD, STATUS, SUCCESS, decode_json
 from job.runs import RunReader
 
 WATCH_EXIT = {"succeeded": 0, "failed": 1, "stalled": 3, "cancelled": 4, "not_found": 5}
@@ -82,7 +82,7 @@ def promotion_line(reader: RunReader, interval: float, wait: float) -> str | Non
         try:
             reader.poll_status()
         except JobError:  # the run succeeded and is downloaded: this line must not undo that
-            return "Promotion: status.json unreadable"
+            return f"Promotion: {STATUS} unreadable"
         decision = (reader.status or {}).get("promotion")
         if isinstance(decision, dict):
             reason = printable(decision.get("reason", "no reason recorded"), 300)
