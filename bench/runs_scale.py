@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -65,8 +66,10 @@ def old_runs(store: S3Store, limit: int = 20) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
-    parser.add_argument("--old-up-to", type=int, default=1000, help="old way only up to this")
+    parser.add_argument("--old-up-to", type=int, default=1000,
+                        help="the previous way and prune only up to this many runs")  # fmt: skip
     args = parser.parse_args()
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
     server = SerialMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -88,8 +91,9 @@ def main() -> None:
         cases = [
             ("runs (newest 20)", lambda: runs.list_runs(store, 20)),
             ("champion lookup", lambda: champion.read(store, "mnist")),
-            ("prune --keep 100 --dry-run", lambda: runs.prune(store, 100, 1e9, True)),
         ]
+        if size <= args.old_up_to:  # it reads every run beyond --keep: O(runs), by design
+            cases.append(("prune --keep 100 --dry-run", lambda: runs.prune(store, 100, 1e9, True)))
         if size <= args.old_up_to:
             cases.insert(1, ("runs, previous way", lambda: old_runs(store, 20)))
         for name, what in cases:
