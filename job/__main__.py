@@ -1,7 +1,7 @@
 """The one entry point: `python -m job <command>`. Maps every error to a documented exit code.
 
-Commands: train (default), config, data, predict, submit, watch, runs, cancel, models, promote,
-rollback (`python -m job --help`). Errors print one line to stderr (a traceback
+Commands: train (default), check, config, data, predict, submit, watch, runs, prune, cancel,
+models, promote, rollback (`python -m job --help`). Errors print one line to stderr (a traceback
 only with LOG_LEVEL=debug) and exit with the code of their class in job.errors.
 """
 
