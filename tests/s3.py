@@ -86,10 +86,18 @@ def cos_env(endpoint: str, **extra: str) -> dict[str, str]:
 
 
 def all_objects(endpoint: str, bucket: str) -> dict[str, bytes]:
+    """Every object in the bucket. A running job may delete an object between the listing and
+    its read (its check probe, an old checkpoint): such an object is left out."""
     client = s3_client(endpoint)
     keys = [
         obj["Key"]
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
         for obj in page.get("Contents", [])
     ]
-    return {k: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
+    objects = {}
+    for key in keys:
+        try:
+            objects[key] = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except client.exceptions.NoSuchKey:
+            continue
+    return objects
