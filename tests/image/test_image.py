@@ -109,7 +109,7 @@ def test_a_cpu_limit_sizes_the_thread_pools(image):
     under podman's cgroup v1 here, cpu.max under v2), not the host's cores, sizes TensorFlow."""
     proc = podman(
         "run", "--rm", "--read-only", "--tmpfs", "/tmp:rw,size=2g", "--network", "none",
-        "--cpus=1", "-e", "RUN_ID=one-cpu", *SMALL, image,
+        "--cpus=1", "-e", "RUN_ID=one-cpu", "-e", "OUTPUT_URI=/tmp/runs", *SMALL, image,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     (threads,) = [json.loads(s) for s in proc.stderr.splitlines() if '"event": "threads"' in s]
