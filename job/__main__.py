@@ -250,7 +250,7 @@ def cmd_train(cfg: config_mod.Config) -> int:
     guard.install()
     store = open_store(cfg.output_uri, cfg.storage)
     # The cheap checks before TensorFlow loads: a wrong bucket or key fails in about a second.
-    _stop_on_failure(check.before_training(cfg))
+    _stop_on_failure(check.before_training(cfg, store))
     threads, source = cpus.usable(cfg.threads)
     cpus.before_tensorflow(threads)
     logs.import_tensorflow_quietly(cfg.logging.level)

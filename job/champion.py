@@ -33,7 +33,6 @@ from job.layout import (
     METRICS,
     MODEL_FILE,
     SUCCESS,
-    RunFiles,
     champion_key,
     decode_json,
     history_key,
@@ -42,9 +41,9 @@ from job.layout import (
     to_json,
 )
 from job.publish import now_iso
+from job.runs import RunReader
 from job.store import PreconditionFailed, Store
 
-POLICIES = ("never", "if-better", "always")
 MAX_ROUNDS = 50  # lost swaps in a row before giving up (exit 75): far beyond real contention
 MAX_LINEAGE = 100  # earlier champions kept for rollback
 MAX_DECISIONS = 99_999_999  # history numbers have eight digits (job.layout.history_key)
@@ -83,18 +82,8 @@ class Decision:
 def candidate(store: Store, run_id: str) -> Candidate:
     """The run `run_id` as a candidate: it must have `_SUCCESS`, and its metrics.json must match
     the hash listed there (a store is untrusted input)."""
-    files = RunFiles(store, run_id)
-    manifest = files.read_json(SUCCESS)
-    if manifest is None:
-        raise DataError(f"{files.location}: not a finished run (no {SUCCESS})")
-    listed = manifest.get("files")
-    entries = {
-        e["path"]: e
-        for e in (listed if isinstance(listed, list) else [])
-        if isinstance(e, dict)
-        and isinstance(e.get("path"), str)
-        and isinstance(e.get("sha256"), str)
-    }
+    files = RunReader(store, run_id)
+    entries = {e["path"]: e for e in files.manifest()}  # each entry checked there
     for name in (METRICS, MODEL_FILE):
         if name not in entries:
             raise DataError(f"{files.where(SUCCESS)}: does not list {name}")

@@ -24,7 +24,7 @@ from job.config import Config
 from job.errors import EXIT_SOFTWARE, ConfigError, JobError, TransientError
 
 # What a run writes to WORK_DIR at most: the data when DATA_URI is a bucket (55 MB of MNIST),
-# the checkpoint (8.4 MB), model.keras and the SavedModel (11 MB), the images (0.3 MB):
+# the checkpoint (5.6 MB), model.keras and the SavedModel (11 MB), the images (0.3 MB):
 # under 100 MB. The check asks for 2.5 times that.
 WORK_DIR_NEEDS = 256 * 2**20
 
@@ -55,11 +55,11 @@ def _since(started: float) -> float:
     return round(time.perf_counter() - started, 3)
 
 
-def output_store(cfg: Config) -> str:
+def output_store(cfg: Config, store=None) -> str:
     """Reachable, the bucket exists, the keys work: a probe object written, read back and
     deleted at OUTPUT_URI's top (permissions, not only existence). Not inside a run folder:
     a finished or live-owned run is never touched, and no run folder is created or emptied."""
-    store = layout.open_store(cfg.output_uri, cfg.storage)
+    store = store or layout.open_store(cfg.output_uri, cfg.storage)
     key = f"{layout.CHECK_PROBE}-{secrets.token_hex(6)}"
     payload = secrets.token_bytes(32)
     store.put_bytes(key, payload)
@@ -168,9 +168,12 @@ def devices(cfg: Config) -> str:
     return f"TensorFlow {tf.__version__}: {cpus} CPU(s), GPUs: {shown}; auto precision: {chosen}"
 
 
-def before_training(cfg: Config) -> list[Result]:
-    """The cheap checks `train` runs before it loads TensorFlow."""
-    return [run("output", lambda: output_store(cfg)), run("work_dir", lambda: work_dir(cfg))]
+def before_training(cfg: Config, store) -> list[Result]:
+    """The cheap checks `train` runs before it loads TensorFlow, on the store it opened."""
+    return [
+        run("output", lambda: output_store(cfg, store)),
+        run("work_dir", lambda: work_dir(cfg)),
+    ]
 
 
 def for_submitter(cfg: Config, backend: str) -> list[Result]:

@@ -55,13 +55,18 @@ class Dataset:
         )
 
 
+def arrays_sha256(*arrays: np.ndarray) -> str:
+    """One digest of the arrays' bytes, in order."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
+
+
 def test_set_sha256(ds: Dataset) -> str:
     """A digest of the test split as evaluated (images, then labels): two runs' accuracies are
     comparable only when theirs agree (job.champion)."""
-    digest = hashlib.sha256()
-    for array in (ds.x_test, ds.y_test):
-        digest.update(np.ascontiguousarray(array).data)
-    return digest.hexdigest()
+    return arrays_sha256(ds.x_test, ds.y_test)
 
 
 def parse_idx(raw: bytes, *, name: str, ndim: int) -> np.ndarray:
@@ -205,9 +210,10 @@ def configured(config, scratch: Path) -> Dataset:
 def idx_sha256(array: np.ndarray) -> str:
     """SHA-256 of `array` written as an IDX ubyte file: the digest of the original file,
     whatever form (IDX, .gz, .npz, a bucket copy) it was read from."""
-    header = bytes([0, 0, IDX_UBYTE, array.ndim]) + b"".join(
-        int(d).to_bytes(4, "big") for d in array.shape
-    )
-    return hashlib.sha256(
-        header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
-    ).hexdigest()
+    return hashlib.sha256(idx_bytes(array)).hexdigest()
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """`array` as an IDX ubyte file (the inverse of parse_idx)."""
+    dims = b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return bytes([0, 0, IDX_UBYTE, array.ndim]) + dims + array.astype(np.uint8).tobytes()

@@ -12,7 +12,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from job.config import RESERVED_RUN_IDS, RUN_ID_RE
+from job.config import MODEL_NAME_RE, RESERVED_RUN_IDS, RUN_ID_RE
 from job.digest import sha256_bytes
 from job.errors import DataError, JobError
 from job.layout import (
@@ -64,7 +64,10 @@ class RunReader(RunFiles):
     def manifest(self) -> list[dict]:
         """The `_SUCCESS` entries, each checked: a safe path, an integer size, a SHA-256."""
         where = self.where(SUCCESS)
-        files = (self.read_json(SUCCESS) or {}).get("files")
+        record = self.read_json(SUCCESS)
+        if record is None:
+            raise DataError(f"{self.location}: not a finished run (no {SUCCESS})")
+        files = record.get("files")
         if not isinstance(files, list):
             raise DataError(f"{where}: no list of files")
         for entry in files:
@@ -155,6 +158,8 @@ def protected_runs(store: Store) -> set[str]:
 
     kept: set[str] = set()
     for name in store.children(MODELS):
+        if not MODEL_NAME_RE.fullmatch(name):
+            continue  # not a folder this job made: nothing it names is protected
         record, _ = champion.read(store, name)
         if record is not None:
             kept.update([record["run_id"], *record["previous"]])

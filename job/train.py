@@ -8,7 +8,6 @@ same path the container takes. Its return value is exactly what `metrics.json` h
 
 from __future__ import annotations
 
-import hashlib
 import sys
 import time
 
@@ -150,10 +149,8 @@ def resume_settings(config: Config, ds: data.Dataset, plan: TrainingPlan) -> dic
     from the recipe, the number of replicas, and a digest of the data actually used."""
     t = config.training
     values = {v.name: getattr(t, v.attr) for v in VARIABLES if v.section == "training" and v.attr}
-    digest = hashlib.sha256()
-    for array in (ds.x_train, ds.y_train, ds.x_test, ds.y_test):
-        digest.update(np.ascontiguousarray(array).data)
-    return {**values, "REPLICAS": plan.replicas, "DATA_SHA256": digest.hexdigest()}
+    digest = data.arrays_sha256(ds.x_train, ds.y_train, ds.x_test, ds.y_test)
+    return {**values, "REPLICAS": plan.replicas, "DATA_SHA256": digest}
 
 
 def params(config: Config, plan: TrainingPlan, chosen: str, model_params: int) -> dict:

@@ -300,6 +300,8 @@ def test_prune_keeps_the_newest_champions_and_unfinished_runs(store, s3_endpoint
     store.delete("run-1b/_SUCCESS")
     store.put_bytes("run-1b/status.json", json.dumps(old).encode())
     store.put_bytes("run-1b/owner.json", b'{"expires_at": 1}')
+    # A folder under models/ that no MODEL_NAME can name, holding junk: not read, no error.
+    store.put_bytes("models/Not A Model/champion.json", b"junk")
     env = job_env(**cos_env(s3_endpoint), OUTPUT_URI=f"s3://{bucket}/runs")
     before = all_objects(s3_endpoint, bucket)
     dry = run_job("prune", "--keep", "2", "--dry-run", env=env, cwd=tmp_path)

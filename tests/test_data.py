@@ -11,10 +11,7 @@ TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
-def idx_bytes(array: np.ndarray) -> bytes:
-    header = bytes([0, 0, data.IDX_UBYTE, array.ndim])
-    dims = b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    return header + dims + array.astype(np.uint8).tobytes()
+idx_bytes = data.idx_bytes  # other test modules import it from here
 
 
 def write_idx_dir(folder, arrays):

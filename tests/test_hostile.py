@@ -290,11 +290,16 @@ def environ(proc: Path) -> bytes:
         return b""
 
 
-def test_11_a_k8s_run_needs_bucket_uris(out, tmp_path):
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [(["--run-id", "k1"], "OUTPUT_URI="), (["--overlay", "../../job"], "--overlay=")],
+    ids=["11-a-k8s-run-needs-bucket-uris", "21-overlay-outside-the-manifests"],
+)
+def test_k8s_submissions_refused_before_kubectl_runs(out, tmp_path, args, named):
     bin_dir = stand_in(tmp_path, "kubectl", RECORDER)
     env = env_for(out, PATH=f"{bin_dir}:/usr/bin:/bin", RECORD=str(tmp_path / "calls"))
-    proc = run_job("submit", "--backend", "k8s", "--run-id", "k1", env=env, cwd=tmp_path)
-    assert proc.returncode == EXIT_CONFIG and "OUTPUT_URI=" in one_error_line(proc.stderr)
+    proc = run_job("submit", "--backend", "k8s", *args, env=env, cwd=tmp_path)
+    assert proc.returncode == EXIT_CONFIG and named in one_error_line(proc.stderr)
     assert not (tmp_path / "calls").exists()
 
 
@@ -309,14 +314,6 @@ def test_3_a_corrupt_lease_is_nobodys(out):
     assert json.loads((out / "junk" / "owner.json").read_text())["pid"] == lease.me["pid"]
     lease.release()
     assert not (out / "junk" / "owner.json").exists()
-
-
-def test_21_overlay_outside_the_manifests(out, tmp_path):
-    bin_dir = stand_in(tmp_path, "kubectl", RECORDER)
-    env = env_for(out, PATH=f"{bin_dir}:/usr/bin:/bin", RECORD=str(tmp_path / "calls"))
-    proc = run_job("submit", "--backend", "k8s", "--overlay", "../../job", env=env, cwd=tmp_path)
-    assert proc.returncode == EXIT_CONFIG and "--overlay=" in one_error_line(proc.stderr)
-    assert not (tmp_path / "calls").exists()
 
 
 def test_6_host_paths_stay_on_the_host(out, tmp_path):

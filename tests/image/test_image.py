@@ -62,21 +62,27 @@ def test_process_runs_as_non_root(image):
     assert proc.returncode == 0 and proc.stdout.startswith("uid=10001"), proc.stdout
 
 
-@pytest.mark.slow
-def test_trains_to_a_mounted_folder_read_only(image, tmp_path):
+def train_in_container(image: str, tmp_path, run_id: str, *options: str):
+    """A small run as `docker run` would start it: read-only root, no network, results in a
+    mounted folder; it must publish with every hash. Returns the process and the run folder."""
     out = tmp_path / "runs"
     out.mkdir()
-    out.chmod(0o777)
+    out.chmod(0o777)  # the container's user (10001) writes here
     proc = podman(
         "run", "--rm", "--read-only", "--tmpfs", "/tmp:rw,size=2g", "--network", "none",
-        "-v", f"{out}:/runs", "-e", "RUN_ID=in-container", *SMALL, image,
+        "-v", f"{out}:/runs", "-e", f"RUN_ID={run_id}", *options, *SMALL, image,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Baseline Error: " in proc.stdout and "Results: /runs/in-container" in proc.stdout
-    run = out / "in-container"
-    manifest = json.loads((run / "_SUCCESS").read_text())
-    for entry in manifest["files"]:
+    run = out / run_id
+    for entry in json.loads((run / "_SUCCESS").read_text())["files"]:
         assert sha256_file(run / entry["path"]) == entry["sha256"], entry["path"]
+    return proc, run
+
+
+@pytest.mark.slow
+def test_trains_to_a_mounted_folder_read_only(image, tmp_path):
+    proc, run = train_in_container(image, tmp_path, "in-container")
+    assert "Baseline Error: " in proc.stdout and "Results: /runs/in-container" in proc.stdout
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["data_source"] == "data/mnist", "the MNIST baked into the image"
     assert metrics["test_accuracy"] > 0.8
@@ -104,13 +110,9 @@ def test_trains_to_s3_on_the_host(image, s3_endpoint, bucket, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_cpu_limit_sizes_the_thread_pools(image):
+def test_a_cpu_limit_sizes_the_thread_pools(image, tmp_path):
     """`--cpus=1` on this 2-core machine: the cgroup quota (cpu.cfs_quota_us / cfs_period_us
     under podman's cgroup v1 here, cpu.max under v2), not the host's cores, sizes TensorFlow."""
-    proc = podman(
-        "run", "--rm", "--read-only", "--tmpfs", "/tmp:rw,size=2g", "--network", "none",
-        "--cpus=1", "-e", "RUN_ID=one-cpu", "-e", "OUTPUT_URI=/tmp/runs", *SMALL, image,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc, _ = train_in_container(image, tmp_path, "one-cpu", "--cpus=1")
     (threads,) = [json.loads(s) for s in proc.stderr.splitlines() if '"event": "threads"' in s]
     assert (threads["threads"], threads["source"]) == (1, "cgroup quota")
