@@ -44,6 +44,17 @@ DENSE = (5408 * 128 + 128 * 10) * 2
 TRAIN_FLOPS_PER_SAMPLE = 2 * CONV + 3 * DENSE
 
 
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    try:
+        lines = cpuinfo.read_text().splitlines()
+    except OSError:
+        return "unknown"
+    return next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "?")
+
+
 def matmul_gflops(dtype: str, size: int = 2048, reps: int = 20) -> float:
     code = f"""
 import time, tensorflow as tf
@@ -126,8 +137,12 @@ def main() -> None:
     reps = 1 if args.short else 3
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    bf16_cpu = sorted(precision.cpu_flags() & precision.CPU_BF16_FLAGS)
+    flags = precision.cpu_flags()
+    bf16_cpu = sorted(flags & precision.CPU_BF16_FLAGS)
+    simd = [f for f in SIMD_FLAGS if f in flags]
     peak = {"float32": matmul_gflops("float32"), "bfloat16": matmul_gflops("bfloat16")}
+    print(f"CPU: {cpu_model()}, {len(os.sched_getaffinity(0))} usable; flags: "
+          f"{' '.join(simd) or 'none of ' + ' '.join(SIMD_FLAGS)}", flush=True)  # fmt: skip
     print(f"matmul GFLOP/s: float32 {peak['float32']:.0f}, bfloat16 {peak['bfloat16']:.0f}; "
           f"CPU bfloat16 flags: {', '.join(bf16_cpu) or 'none'}", flush=True)  # fmt: skip
 
@@ -179,7 +194,8 @@ def main() -> None:
         / summary["float32_notebook_samples_per_second"]
     )
     report = {"mode": "short" if args.short else "full", "matmul_gflops": peak,
-              "cpu_bf16_flags": bf16_cpu, "train_flops_per_sample": TRAIN_FLOPS_PER_SAMPLE,
+              "cpu_model": cpu_model(), "cpu_simd_flags": simd, "cpu_bf16_flags": bf16_cpu,
+              "train_flops_per_sample": TRAIN_FLOPS_PER_SAMPLE,
               "runs": rows, "summary": summary}  # fmt: skip
     out = RESULTS / f"bench-{stamp}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -6,7 +6,7 @@ import time
 
 import keras
 
-from job import logs
+from job import compat, logs
 from job.preemption import PreemptionGuard
 from job.publish import RunPublisher
 
@@ -114,3 +114,21 @@ class StopOnRequest(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self.guard.check()
+
+
+class EvaluateAverage(keras.callbacks.Callback):
+    """EMA_MOMENTUM: each epoch's test pass scores the moving average of the weights (the
+    weights the run will keep, fit() copies them in at the end), training continues from the
+    raw weights. Swapped in place: one copy of the weights, on every replica alike."""
+
+    def on_test_begin(self, logs=None) -> None:
+        self._swap()
+
+    def on_test_end(self, logs=None) -> None:
+        self._swap()
+
+    def _swap(self) -> None:
+        for weight, average in compat.averaged_weights(self.model):
+            raw = weight.numpy()
+            weight.assign(average.numpy())
+            average.assign(raw)

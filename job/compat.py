@@ -18,6 +18,10 @@ version in between takes whichever path it supports. What differs:
   has neither line (no `keras.src.backend.tensorflow`), so nothing is patched there.
   `patch_for_multi_worker`. `steps_per_execution` above 1 also fails under Keras 3's
   multi-worker loop (a graph error), so job.plan uses 1 for it.
+- The optimizer's moving average of the weights (EMA): both keep it in
+  `optimizer._model_variables_moving_average`, Keras 3 in the order of the weights it was built
+  with (`_get_variable_index`), Keras 2 through `_index_dict`; Keras 3's `SwapEMAWeights`
+  callback does not exist in Keras 2. `averaged_weights`.
 - Bounding the wait for peers: TensorFlow's coordination-service protobufs moved between
   versions (`tensorflow.tsl` in 2.14, `tensorflow.compiler.xla.tsl` later);
   `bound_peer_registration` tries both.
@@ -40,6 +44,20 @@ def export_saved_model(model, path: str) -> None:
         model.export(path, format="tf_saved_model", verbose=False)
     else:
         model.export(path)
+
+
+def averaged_weights(model) -> list[tuple]:
+    """(weight, its moving average) for each trainable weight; [] when the optimizer keeps no
+    average (EMA_MOMENTUM=0)."""
+    opt = model.optimizer
+    if not getattr(opt, "use_ema", False):
+        return []
+    averages = opt._model_variables_moving_average
+    if hasattr(opt, "_get_variable_index"):  # Keras 3
+        index = opt._get_variable_index
+    else:  # Keras 2
+        index = lambda v: opt._index_dict[opt._var_key(v)]  # noqa: E731
+    return [(v, averages[index(v)]) for v in model.trainable_variables]
 
 
 def patch_for_multi_worker(model) -> None:

@@ -53,6 +53,7 @@ RECIPES: dict[str, dict[str, object]] = {
         "warmup_epochs": 0,
         "augment": False,  # random rotation, scale and shift per training image
         "label_smoothing": 0.0,
+        "ema_momentum": 0.0,  # no weight averaging
         "pipeline": "numpy",  # arrays into fit, as the notebook; or "tfdata"
         "max_steps_per_execution": 1,
     },
@@ -65,6 +66,9 @@ RECIPES: dict[str, dict[str, object]] = {
         "warmup_epochs": 1,
         "augment": True,
         "label_smoothing": 0.0,
+        # Test accuracy (and the model kept) from an exponential moving average of the weights,
+        # about the last 50 steps: it reaches 99% one or two epochs sooner (README).
+        "ema_momentum": 0.98,
         "pipeline": "tfdata",
         "max_steps_per_execution": 16,
     },
@@ -88,6 +92,7 @@ class Training:
     warmup_epochs: int
     augment: bool
     label_smoothing: float
+    ema_momentum: float
     pipeline: str
     max_steps_per_execution: int
     dataset: str = "mnist"
@@ -369,6 +374,10 @@ VARIABLES: tuple[Variable, ...] = (
              "1-65536, per replica", _T, "batch_size"),
     Variable("LEARNING_RATE", _float(1e-7, 10.0), "recipe's: 0.003 / 0.001",
              "RMSprop (peak) learning rate, 1e-7 to 10, per replica", _T, "learning_rate"),
+    Variable("EMA_MOMENTUM", _float(0.0, 0.9999), "recipe's: 0.98 / 0",
+             "momentum per step of a moving average of the weights, which each epoch's test "
+             "pass scores and the run keeps (spans at most half an epoch); 0 turns it off",
+             _T, "ema_momentum"),
     Variable("PRECISION", _choice(*PRECISIONS), "recipe's: `auto` / `float32`",
              "`auto`, `float32`, `bfloat16`, `float16` (GPU only)", _T, "precision"),
     Variable("TARGET_ACCURACY", _float(0.0, 1.0, lo_inclusive=False), "unset",

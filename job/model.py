@@ -50,12 +50,20 @@ def learning_rate(
 
 
 def compile_model(
-    model, rate=0.001, *, label_smoothing: float = 0.0, steps_per_execution: int = 1
+    model,
+    rate=0.001,
+    *,
+    label_smoothing: float = 0.0,
+    steps_per_execution: int = 1,
+    ema_momentum: float = 0.0,
 ) -> None:
-    # The notebook's RMSprop(lr=0.001, rho=0.9, epsilon=1e-08, decay=0.0) unless a recipe
-    # supplies a schedule.
+    """The notebook's RMSprop(lr=0.001, rho=0.9, epsilon=1e-08, decay=0.0) unless a recipe
+    supplies a schedule. `ema_momentum` > 0: the optimizer also keeps an exponential moving
+    average of the weights, which fit() copies into the model when it ends (both Keras 2 and
+    3); job.callbacks.EvaluateAverage evaluates it each epoch."""
+    averaging = {"use_ema": True, "ema_momentum": ema_momentum} if ema_momentum else {}
     model.compile(
-        optimizer=keras.optimizers.RMSprop(learning_rate=rate, rho=0.9, epsilon=1e-08),
+        optimizer=keras.optimizers.RMSprop(learning_rate=rate, rho=0.9, epsilon=1e-08, **averaging),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
         metrics=["accuracy"],
         steps_per_execution=steps_per_execution,

@@ -37,6 +37,7 @@ class TrainingPlan:
     steps_per_epoch: int
     steps_per_execution: int
     samples_per_epoch: int  # what one epoch trains on (the fast recipe drops the remainder)
+    ema_momentum: float  # 0: no moving average of the weights
     fit_args: dict
 
     def params(self) -> dict[str, object]:
@@ -46,6 +47,7 @@ class TrainingPlan:
             "replicas": self.replicas,
             "steps_per_epoch": self.steps_per_epoch,
             "steps_per_execution": self.steps_per_execution,
+            "ema_momentum": self.ema_momentum,
         }
 
 
@@ -81,4 +83,12 @@ def training_plan(
     limit = 1 if multi_worker and replicas > 1 else training.max_steps_per_execution
     spe = steps_per_execution(steps, limit)
     rate = training.learning_rate * replicas
-    return TrainingPlan(replicas, batch, rate, steps, spe, samples, fit_args)
+    ema = average_momentum(training.ema_momentum, steps)
+    return TrainingPlan(replicas, batch, rate, steps, spe, samples, ema, fit_args)
+
+
+def average_momentum(momentum: float, steps_per_epoch: int) -> float:
+    """EMA_MOMENTUM, capped so the average spans at most about half an epoch (1 / (1 - m)
+    steps): a smoke run of a few steps per epoch would otherwise report and keep weights still
+    close to their random start. 0 (off) when an epoch has fewer than 3 steps."""
+    return round(max(0.0, min(momentum, 1 - 2 / steps_per_epoch)), 6)

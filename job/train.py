@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from job import artifacts, compat, data, distribute, metrics, precision
-from job.callbacks import EpochReporter, StopAtAccuracy, StopOnRequest
+from job.callbacks import EpochReporter, EvaluateAverage, StopAtAccuracy, StopOnRequest
 from job.config import VARIABLES, Config
 from job.context import RunContext
 from job.model import build_model, compile_model, layer_table, learning_rate
@@ -89,6 +89,7 @@ def build(ctx: RunContext, plan: TrainingPlan, chosen: str):
             rate,
             label_smoothing=t.label_smoothing,
             steps_per_execution=plan.steps_per_execution,
+            ema_momentum=plan.ema_momentum,
         )
     if ctx.config.distribution.multi_worker and plan.replicas > 1:
         compat.patch_for_multi_worker(model)
@@ -112,9 +113,11 @@ def fit(
     """Train from `first_epoch`; returns the wall time and the early stopper, if any."""
     t = ctx.config.training
     stopper = StopAtAccuracy(t.target_accuracy) if t.target_accuracy else None
-    # Order matters: the reporter adds the epoch to the history before the checkpointer saves
-    # it, and a stop request is honoured only after both.
+    # Order matters: the test pass scores the averaged weights (when kept) for every callback,
+    # the reporter adds the epoch to the history before the checkpointer saves it, and a stop
+    # request is honoured only after both.
     callbacks = [
+        *([EvaluateAverage()] if plan.ema_momentum else []),
         EpochReporter(ctx.publisher, ctx.history, t.epochs, plan.samples_per_epoch),
         ctx.checkpointer,
         StopOnRequest(ctx.guard),

@@ -19,7 +19,9 @@ from tests.conftest import train_in_process
 def test_seed_recipe_is_the_notebook():
     t = config.from_env({"RECIPE": "seed"}).training
     assert (t.epochs, t.batch_size, t.learning_rate, t.precision) == (12, 128, 0.001, "float32")
-    assert (t.schedule, t.augment, t.label_smoothing) == ("constant", False, 0.0)
+    assert (t.schedule, t.augment, t.label_smoothing, t.ema_momentum) == (
+        "constant", False, 0.0, 0.0,
+    )  # fmt: skip
     assert (t.pipeline, t.max_steps_per_execution) == ("numpy", 1)
     assert set(RECIPES["seed"]) == set(RECIPES["fast"]), "every recipe sets the same fields"
 
@@ -68,6 +70,31 @@ def test_warmup_cosine_schedule_peaks_then_ends_at_zero():
     assert values[0] == 0.0 and values[1] == pytest.approx(0.0015)
     assert values[2] == pytest.approx(0.003) and 0 < values[3] < 0.003
     assert values[4] == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("momentum", "steps", "expected"),
+    [(0.98, 117, 0.98), (0.98, 10, 0.8), (0.98, 2, 0.0), (0.0, 117, 0.0), (0.999, 4000, 0.999)],
+)
+def test_weight_average_spans_at_most_half_an_epoch(momentum, steps, expected):
+    from job.plan import average_momentum
+
+    assert average_momentum(momentum, steps) == pytest.approx(expected)
+
+
+def test_each_epoch_scores_the_averaged_weights_the_run_keeps(tmp_path, mnist_dir):
+    """EMA_MOMENTUM: the test pass of every epoch and the model published are the moving
+    average of the weights, so the last epoch's figures are the kept model's; training goes on
+    from the raw weights in between (the run still learns)."""
+    m, _ = train_in_process(
+        tmp_path, mnist_dir, RUN_ID="ema", EPOCHS="3", TRAIN_LIMIT="6144", TEST_LIMIT="500",
+        PRECISION="float32",
+    )  # fmt: skip
+    assert m["params"]["ema_momentum"] == pytest.approx(1 - 2 / 12, abs=1e-6)  # 12 steps: capped
+    last = m["history"][-1]
+    assert last["val_accuracy"] == pytest.approx(m["test_accuracy"], abs=1e-9)
+    assert last["val_loss"] == pytest.approx(m["test_loss"], rel=1e-4)
+    assert m["history"][0]["loss"] > last["loss"] and m["test_accuracy"] > 0.8
 
 
 @pytest.mark.parametrize(
