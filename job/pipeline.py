@@ -14,12 +14,13 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from job import cpus
+
 MAX_ROTATION_DEG = 10.0
 SCALE_RANGE = (0.9, 1.1)
 MAX_SHIFT_PX = 2.0
 EVAL_BATCH = 2000
-# Fixed, small parallelism instead of tf.data's AUTOTUNE (see _options).
-MAP_PARALLELISM = 2
+# Fixed parallelism and prefetch depth instead of tf.data's AUTOTUNE (see _options).
 PREFETCH_BATCHES = 4
 
 
@@ -60,14 +61,20 @@ def transform(images: tf.Tensor, transforms: tf.Tensor) -> tf.Tensor:
     )
 
 
+def map_parallelism() -> int:
+    """Batches augmented at once: the job's thread count (job.cpus sized TensorFlow's pools
+    from THREADS, the cgroup quota or the affinity mask), so a GPU host's cores all feed it."""
+    return tf.config.threading.get_intra_op_parallelism_threads() or cpus.affinity()
+
+
 def _options(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """Under MultiWorkerMirroredStrategy every worker builds the same pipeline (same shuffle
     seed) and keeps its share of each global batch; there are no files to shard by.
 
     tf.data's autotuning is off: on 2 cores, with augmentation in the pipeline, about one epoch
-    in three took twice as long with it on (2.5 s or 5.0 s, bimodal) and none with it off
-    (make bench; docs/performance notes in the README). The pipeline is one map of whole
-    batches, so a fixed parallelism and prefetch depth need no tuning."""
+    in three took twice as long with it on (2.5 s or 5.0 s, bimodal; 0 of 15 with it off; the
+    README's Performance section). The pipeline is one map of whole batches, so a fixed
+    parallelism and prefetch depth need no tuning."""
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     options.autotune.enabled = False
@@ -92,7 +99,7 @@ def training_dataset(
         tf.data.Dataset.range(n)
         .shuffle(n, seed=seed, reshuffle_each_iteration=True)
         .batch(batch_size, drop_remainder=True)
-        .map(gather, num_parallel_calls=MAP_PARALLELISM)
+        .map(gather, num_parallel_calls=map_parallelism())
         .prefetch(PREFETCH_BATCHES)
     )
 

@@ -275,6 +275,9 @@ def test_two_workers_train_together_and_only_the_chief_publishes(tmp_path, mnist
     run = tmp_path / "out" / "two-workers"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["params"]["replicas"] == 2 and metrics["test_accuracy"] > 0.5
+    # The weight average, swapped in for each test pass on both workers, is what was published.
+    assert metrics["params"]["ema_momentum"] > 0
+    assert metrics["history"][-1]["val_accuracy"] == metrics["test_accuracy"]
     assert (run / "_SUCCESS").is_file()
     # Nothing else was published: the other worker wrote into scratch space that is gone.
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["two-workers"]

@@ -170,6 +170,18 @@ def test_training_dataset_drops_the_remainder_and_one_hots(mnist_dir):
     assert np.all(y.numpy().sum(axis=1) == 1)
 
 
+def test_pipelines_run_without_autotuning(mnist_dir):
+    """tf.data's autotuning made one epoch in three twice as long on 2 cores (job.pipeline):
+    both pipelines have it off and their parallelism fixed."""
+    from job import data
+    from job.pipeline import eval_dataset, training_dataset
+
+    ds = data.load("mnist", str(mnist_dir)).limited(1000, 10)
+    train = training_dataset(ds.x_train, ds.y_train, 300, augment_images=True, seed=1)
+    for dataset in (train, eval_dataset(ds.x_test, ds.y_test)):
+        assert dataset.options().autotune.enabled is False
+
+
 @pytest.mark.slow
 def test_target_accuracy_stops_training(tmp_path, mnist_dir):
     m, run_dir = train_in_process(

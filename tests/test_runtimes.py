@@ -124,6 +124,10 @@ def test_the_zip_trains_publishes_and_serves_on_tensorflow_2_14(model_dir, tmp_p
     assert metrics["data_source"] == str(mnist_dir) and metrics["n_test"] == 1000
     assert metrics["epochs_completed"] == 3 and metrics["params"]["model_params"] == 693_962
     assert metrics["test_accuracy"] > 0.9
+    # Keras 2's path to the weight average (job.compat.averaged_weights): the last epoch scored
+    # the average and the run kept it.
+    assert metrics["params"]["ema_momentum"] > 0
+    assert metrics["history"][-1]["val_accuracy"] == metrics["test_accuracy"]
     record = json.loads((run_dir / "run.json").read_text())
     assert record["versions"]["tensorflow"] == "2.14.1"
     assert record["versions"]["keras"].startswith("2.14")
