@@ -118,17 +118,29 @@ class StopOnRequest(keras.callbacks.Callback):
 
 class EvaluateAverage(keras.callbacks.Callback):
     """EMA_MOMENTUM: each epoch's test pass scores the moving average of the weights (the
-    weights the run will keep, fit() copies them in at the end), training continues from the
+    weights the run will keep: fit() copies them in at the end), training continues from the
     raw weights. Swapped in place: one copy of the weights, on every replica alike."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._swapped = False
+
     def on_test_begin(self, logs=None) -> None:
-        self._swap()
+        if not self._swapped:
+            self._swap()
 
     def on_test_end(self, logs=None) -> None:
-        self._swap()
+        if self._swapped:
+            self._swap()
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        # A test pass that raised never reached on_test_end: never train on from the average.
+        if self._swapped:
+            self._swap()
 
     def _swap(self) -> None:
         for weight, average in compat.averaged_weights(self.model):
             raw = weight.numpy()
             weight.assign(average.numpy())
             average.assign(raw)
+        self._swapped = not self._swapped

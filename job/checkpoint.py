@@ -23,6 +23,11 @@ from job.errors import ConfigError, DataError
 from job.layout import CHECKPOINTS, LATEST_CHECKPOINT, RunFiles, checkpoint_key
 from job.publish import RunPublisher, now_iso
 
+# Settings that checkpoints written before they existed were trained with: such a checkpoint
+# resumes where the value is the same and is refused, naming it, where not (an optimizer with a
+# weight average cannot take a checkpoint without one: Keras would skip its whole state).
+SETTINGS_ADDED_LATER = {"EMA_MOMENTUM": 0.0}
+
 
 class Checkpointer(keras.callbacks.Callback):
     """Saves after each epoch, after the reporter has added the epoch to `history`."""
@@ -64,6 +69,7 @@ class Checkpointer(keras.callbacks.Callback):
                 "RESUME=discard starts the run over"
             )
         saved = meta.get("settings") if isinstance(meta.get("settings"), dict) else {}
+        saved = {**SETTINGS_ADDED_LATER, **saved}
         differ = sorted(
             k for k in settings.keys() | saved.keys() if settings.get(k) != saved.get(k)
         )

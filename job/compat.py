@@ -20,8 +20,9 @@ version in between takes whichever path it supports. What differs:
   multi-worker loop (a graph error), so job.plan uses 1 for it.
 - The optimizer's moving average of the weights (EMA): both keep it in
   `optimizer._model_variables_moving_average`, Keras 3 in the order of the weights it was built
-  with (`_get_variable_index`), Keras 2 through `_index_dict`; Keras 3's `SwapEMAWeights`
-  callback does not exist in Keras 2. `averaged_weights`.
+  with (`_get_variable_index`), Keras 2 through `_index_dict`, both on the inner optimizer of a
+  loss-scale wrapper (float16); Keras 3's `SwapEMAWeights` callback does not exist in Keras 2.
+  `averaged_weights`.
 - Bounding the wait for peers: TensorFlow's coordination-service protobufs moved between
   versions (`tensorflow.tsl` in 2.14, `tensorflow.compiler.xla.tsl` later);
   `bound_peer_registration` tries both.
@@ -49,7 +50,9 @@ def export_saved_model(model, path: str) -> None:
 def averaged_weights(model) -> list[tuple]:
     """(weight, its moving average) for each trainable weight; [] when the optimizer keeps no
     average (EMA_MOMENTUM=0)."""
-    opt = model.optimizer
+    # Under mixed_float16 compile() wraps the optimizer in a loss-scale optimizer; the average is
+    # the inner one's (Keras 3's wrapper says use_ema=False, Keras 2's has no average at all).
+    opt = getattr(model.optimizer, "inner_optimizer", model.optimizer)
     if not getattr(opt, "use_ema", False):
         return []
     averages = opt._model_variables_moving_average

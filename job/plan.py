@@ -89,6 +89,7 @@ def training_plan(
 
 def average_momentum(momentum: float, steps_per_epoch: int) -> float:
     """EMA_MOMENTUM, capped so the average spans at most about half an epoch (1 / (1 - m)
-    steps): a smoke run of a few steps per epoch would otherwise report and keep weights still
-    close to their random start. 0 (off) when an epoch has fewer than 3 steps."""
+    steps). Keras starts the average at the first step's weights, so after one epoch ~e^-2
+    (13%) of it is still the start, whatever the cap; without the cap a smoke run of a few
+    steps an epoch would keep almost only the start. 0 (off) below 3 steps an epoch."""
     return round(max(0.0, min(momentum, 1 - 2 / steps_per_epoch)), 6)

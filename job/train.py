@@ -93,6 +93,14 @@ def build(ctx: RunContext, plan: TrainingPlan, chosen: str):
         )
     if ctx.config.distribution.multi_worker and plan.replicas > 1:
         compat.patch_for_multi_worker(model)
+    if plan.ema_momentum != t.ema_momentum:
+        ctx.log.info(
+            "ema_capped",
+            requested=t.ema_momentum,
+            used=plan.ema_momentum,
+            steps_per_epoch=plan.steps_per_epoch,
+            reason="the average spans at most half an epoch",
+        )
     cluster = ctx.config.cluster
     ctx.log.info(
         "model",

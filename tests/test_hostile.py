@@ -445,6 +445,22 @@ def test_10_resume_with_the_same_settings_continues(checkpointed, tmp_path, mnis
 
 
 @pytest.mark.slow
+def test_10_a_checkpoint_from_before_a_setting_existed(checkpointed, tmp_path, mnist_dir):
+    """A checkpoint written before EMA_MOMENTUM existed was trained without an average: it
+    resumes where the run has none (the seed recipe), and is refused, naming the variable and
+    the value it was written with, where the run would keep one."""
+    pointer = tmp_path / "out" / "half" / "checkpoints" / "latest.json"
+    meta = json.loads(pointer.read_text())
+    del meta["settings"]["EMA_MOMENTUM"]
+    pointer.write_text(json.dumps(meta))
+    with pytest.raises(ConfigError) as err:
+        train_in_process(tmp_path, mnist_dir, **{**checkpointed, "EMA_MOMENTUM": "0.9"})
+    assert str(err.value).startswith("EMA_MOMENTUM=0.9 is invalid: expected 0.0 as when")
+    result, _ = train_in_process(tmp_path, mnist_dir, **checkpointed)
+    assert result["resumed_from_epoch"] == 1 and result["epochs_completed"] == 3
+
+
+@pytest.mark.slow
 def test_11_corrupt_checkpoint_pointer_fails_once_with_a_record(checkpointed, tmp_path, mnist_dir):
     run_dir = tmp_path / "out" / "half"
     (run_dir / "checkpoints" / "latest.json").write_text("{garbage")

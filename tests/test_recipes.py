@@ -5,6 +5,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,6 +83,35 @@ def test_weight_average_spans_at_most_half_an_epoch(momentum, steps, expected):
     from job.plan import average_momentum
 
     assert average_momentum(momentum, steps) == pytest.approx(expected)
+
+
+POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+def ema_probe(python: str, cwd: Path) -> list[dict]:
+    """tests/ema_probe.py under `python`, from `cwd` (where `job` imports): one dict a policy."""
+    proc = subprocess.run(
+        [python, str(Path(__file__).parent / "ema_probe.py"), *POLICIES],
+        cwd=cwd, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def assert_average_scored_and_kept(results: list[dict]) -> None:
+    assert [r["policy"] for r in results] == list(POLICIES)
+    for r in results:
+        assert r["pairs"] == 6, r  # every trainable weight, float16's loss-scale wrapper too
+        assert r["raw_differs"], r  # so the next two can tell the average from the raw weights
+        assert r["scored_is_kept"] and r["kept_is_average"], r
+        assert r["swapped_back"], r  # training went on from the raw weights
+        assert r["average_restored"], r  # a checkpoint carries the average on
+
+
+def test_the_weight_average_is_scored_kept_and_checkpointed_keras_3():
+    """The swap around each test pass, the average fit() keeps and its round trip through a
+    .weights.h5 checkpoint, under each precision policy (Keras 2: tests/test_runtimes.py)."""
+    assert_average_scored_and_kept(ema_probe(sys.executable, Path(__file__).parent.parent))
 
 
 def test_each_epoch_scores_the_averaged_weights_the_run_keeps(tmp_path, mnist_dir):
@@ -172,7 +204,7 @@ def test_training_dataset_drops_the_remainder_and_one_hots(mnist_dir):
 
 def test_pipelines_run_without_autotuning(mnist_dir):
     """tf.data's autotuning made one epoch in three twice as long on 2 cores (job.pipeline):
-    both pipelines have it off and their parallelism fixed."""
+    both pipelines have it off."""
     from job import data
     from job.pipeline import eval_dataset, training_dataset
 

@@ -76,6 +76,15 @@ def events(stderr: str) -> list[dict]:
     return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
 
 
+def test_the_weight_average_is_scored_kept_and_checkpointed_keras_2(model_dir):
+    """Keras 2's path to the optimizer's average (job.compat.averaged_weights), from the zip."""
+    from tests.test_recipes import assert_average_scored_and_kept, ema_probe
+
+    results = ema_probe(str(RUNTIME / "bin" / "python3"), model_dir)
+    assert {r["keras"][:4] for r in results} == {"2.14"}
+    assert_average_scored_and_kept(results)
+
+
 def test_the_command_downloads_nothing():
     command = wml.command("r", {"EPOCHS": "3"})
     assert "pip" not in command and command.endswith("python3 -m job train")

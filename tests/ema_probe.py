@@ -1,0 +1,89 @@
+"""Probe of the weight average (EMA_MOMENTUM) on whichever Keras runs it: Keras 3 from the main
+environment, Keras 2 from `.venv-tf214` (tests/test_runtimes.py, run from the unpacked WML zip).
+
+    python ema_probe.py POLICY...      (float32, mixed_bfloat16, mixed_float16)
+
+Prints one JSON object per policy. Run from a directory where `job` imports (the repository
+root or the unpacked model definition): the current directory goes first on sys.path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.getcwd())
+
+import keras
+import numpy as np
+
+from job import compat
+from job.callbacks import EvaluateAverage
+from job.model import build_model, compile_model
+
+
+def weights(model) -> list[np.ndarray]:
+    return [np.array(w.numpy()) for w in model.trainable_variables]
+
+
+def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+class Probe(keras.callbacks.Callback):
+    """After EvaluateAverage in the list: sees what each test pass scores, and the weights
+    just before and just after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: dict[str, list[np.ndarray]] = {}
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen["before_test"] = weights(self.model)
+
+    def on_test_begin(self, logs=None):
+        self.seen["scored"] = weights(self.model)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seen["after_test"] = weights(self.model)
+
+
+def probe(policy: str) -> dict:
+    keras.mixed_precision.set_global_policy(policy)
+    keras.utils.set_random_seed(1)
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (64, 28, 28, 1), dtype=np.uint8)
+    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 64)]
+    model = build_model()
+    compile_model(model, 0.01, ema_momentum=0.5)
+    probe_cb = Probe()
+    model.fit(x, y, batch_size=16, epochs=2, validation_data=(x, y), verbose=0,
+              callbacks=[EvaluateAverage(), probe_cb])  # fmt: skip
+    seen, kept = probe_cb.seen, weights(model)
+    averages = [np.array(a.numpy()) for _, a in compat.averaged_weights(model)]
+    # What the checkpointer does: save, then restore into a fresh model built the same way.
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "ckpt.weights.h5")
+        model.save_weights(path)
+        fresh = build_model()
+        compile_model(fresh, 0.01, ema_momentum=0.5)
+        fresh.optimizer.build(fresh.trainable_variables)
+        fresh.load_weights(path)
+        restored = [np.array(a.numpy()) for _, a in compat.averaged_weights(fresh)]
+    return {
+        "policy": policy,
+        "keras": keras.__version__,
+        "pairs": len(averages),
+        "scored_is_kept": same(seen["scored"], kept),
+        "kept_is_average": same(kept, averages),
+        "raw_differs": not same(seen["before_test"], seen["scored"]),
+        "swapped_back": same(seen["before_test"], seen["after_test"]),
+        "average_restored": same(restored, averages),
+    }
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:]:
+        print(json.dumps(probe(name)), flush=True)
