@@ -119,7 +119,9 @@ class StopOnRequest(keras.callbacks.Callback):
 class EvaluateAverage(keras.callbacks.Callback):
     """EMA_MOMENTUM: each epoch's test pass scores the moving average of the weights (the
     weights the run will keep: fit() copies them in at the end), training continues from the
-    raw weights. Swapped in place: one copy of the weights, on every replica alike."""
+    raw weights. Swapped in place: one copy of the weights, on every replica alike. A test pass
+    that raises ends fit() with the average in the model; nothing is saved after that (the last
+    checkpoint is the epoch before), and each fit() gets a new instance."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -130,11 +132,6 @@ class EvaluateAverage(keras.callbacks.Callback):
             self._swap()
 
     def on_test_end(self, logs=None) -> None:
-        if self._swapped:
-            self._swap()
-
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        # A test pass that raised never reached on_test_end: never train on from the average.
         if self._swapped:
             self._swap()
 

@@ -21,7 +21,8 @@ SCALE_RANGE = (0.9, 1.1)
 MAX_SHIFT_PX = 2.0
 EVAL_BATCH = 2000
 # Fixed parallelism and prefetch depth instead of tf.data's AUTOTUNE (see _options). Without
-# autotuning nothing bounds the memory of batches in flight but these (512 float32 digits: 1.6 MB).
+# autotuning nothing bounds the batches in flight but these: up to MAX_MAP_PARALLELISM +
+# PREFETCH_BATCHES global batches (the fast recipe's 512 float32 digits are 1.6 MB each).
 PREFETCH_BATCHES = 4
 MAX_MAP_PARALLELISM = 16
 

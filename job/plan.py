@@ -89,7 +89,8 @@ def training_plan(
 
 def average_momentum(momentum: float, steps_per_epoch: int) -> float:
     """EMA_MOMENTUM, capped so the average spans at most about half an epoch (1 / (1 - m)
-    steps). Keras starts the average at the first step's weights, so after one epoch ~e^-2
-    (13%) of it is still the start, whatever the cap; without the cap a smoke run of a few
+    steps). The average starts at the initial weights (Keras 2) or the first step's (Keras 3)
+    with no bias correction: at the cap, ~e^-2 (13%) of it is still the start after one epoch
+    (0.98^116, ~10%, for the fast recipe on full MNIST); without the cap a smoke run of a few
     steps an epoch would keep almost only the start. 0 (off) below 3 steps an epoch."""
     return round(max(0.0, min(momentum, 1 - 2 / steps_per_epoch)), 6)

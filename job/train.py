@@ -93,13 +93,15 @@ def build(ctx: RunContext, plan: TrainingPlan, chosen: str):
         )
     if ctx.config.distribution.multi_worker and plan.replicas > 1:
         compat.patch_for_multi_worker(model)
-    if plan.ema_momentum != t.ema_momentum:
+    if t.ema_momentum and plan.ema_momentum < round(t.ema_momentum, 6):
         ctx.log.info(
             "ema_capped",
             requested=t.ema_momentum,
             used=plan.ema_momentum,
             steps_per_epoch=plan.steps_per_epoch,
-            reason="the average spans at most half an epoch",
+            reason="the average spans at most half an epoch"
+            if plan.ema_momentum
+            else "fewer than 3 steps an epoch: no average",
         )
     cluster = ctx.config.cluster
     ctx.log.info(

@@ -33,12 +33,17 @@ def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
 
 
 class Probe(keras.callbacks.Callback):
-    """After EvaluateAverage in the list: sees what each test pass scores, and the weights
-    just before and just after it."""
+    """After EvaluateAverage in the list: sees the weights at the start, what each test pass
+    scores, the weights just before and just after it, and saves a checkpoint at epoch end as
+    job.checkpoint.Checkpointer does (model.save_weights: weights and optimizer state)."""
 
-    def __init__(self) -> None:
+    def __init__(self, checkpoint: str) -> None:
         super().__init__()
+        self.checkpoint = checkpoint
         self.seen: dict[str, list[np.ndarray]] = {}
+
+    def on_train_begin(self, logs=None):
+        self.seen["initial"] = weights(self.model)
 
     def on_train_batch_end(self, batch, logs=None):
         self.seen["before_test"] = weights(self.model)
@@ -48,6 +53,7 @@ class Probe(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.seen["after_test"] = weights(self.model)
+        self.model.save_weights(self.checkpoint)
 
 
 def probe(policy: str) -> dict:
@@ -58,29 +64,30 @@ def probe(policy: str) -> dict:
     y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, 64)]
     model = build_model()
     compile_model(model, 0.01, ema_momentum=0.5)
-    probe_cb = Probe()
-    model.fit(x, y, batch_size=16, epochs=2, validation_data=(x, y), verbose=0,
-              callbacks=[EvaluateAverage(), probe_cb])  # fmt: skip
-    seen, kept = probe_cb.seen, weights(model)
-    averages = [np.array(a.numpy()) for _, a in compat.averaged_weights(model)]
-    # What the checkpointer does: save, then restore into a fresh model built the same way.
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "ckpt.weights.h5")
-        model.save_weights(path)
+        probe_cb = Probe(os.path.join(tmp, "ckpt.weights.h5"))
+        model.fit(x, y, batch_size=16, epochs=2, validation_data=(x, y), verbose=0,
+                  callbacks=[EvaluateAverage(), probe_cb])  # fmt: skip
+        # Restored into a fresh model built the same way, as a resumed run does.
         fresh = build_model()
         compile_model(fresh, 0.01, ema_momentum=0.5)
         fresh.optimizer.build(fresh.trainable_variables)
-        fresh.load_weights(path)
-        restored = [np.array(a.numpy()) for _, a in compat.averaged_weights(fresh)]
+        fresh.load_weights(probe_cb.checkpoint)
+        restored = weights(fresh)
+        restored_average = [np.array(a.numpy()) for _, a in compat.averaged_weights(fresh)]
+    seen, kept = probe_cb.seen, weights(model)
+    averages = [np.array(a.numpy()) for _, a in compat.averaged_weights(model)]
     return {
         "policy": policy,
         "keras": keras.__version__,
         "pairs": len(averages),
+        "average_moved": not same(averages, seen["initial"]),
+        "raw_differs": not same(seen["before_test"], seen["scored"]),
         "scored_is_kept": same(seen["scored"], kept),
         "kept_is_average": same(kept, averages),
-        "raw_differs": not same(seen["before_test"], seen["scored"]),
         "swapped_back": same(seen["before_test"], seen["after_test"]),
-        "average_restored": same(restored, averages),
+        "checkpoint_raw": same(restored, seen["before_test"]),
+        "checkpoint_average": same(restored_average, seen["scored"]),
     }
 
 

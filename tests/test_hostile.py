@@ -447,8 +447,8 @@ def test_10_resume_with_the_same_settings_continues(checkpointed, tmp_path, mnis
 @pytest.mark.slow
 def test_10_a_checkpoint_from_before_a_setting_existed(checkpointed, tmp_path, mnist_dir):
     """A checkpoint written before EMA_MOMENTUM existed was trained without an average: it
-    resumes where the run has none (the seed recipe), and is refused, naming the variable and
-    the value it was written with, where the run would keep one."""
+    resumes where the run asks for none (the seed recipe), and is refused, naming the variable
+    and the value assumed for it, where the run asks for one."""
     pointer = tmp_path / "out" / "half" / "checkpoints" / "latest.json"
     meta = json.loads(pointer.read_text())
     del meta["settings"]["EMA_MOMENTUM"]

@@ -102,10 +102,13 @@ def assert_average_scored_and_kept(results: list[dict]) -> None:
     assert [r["policy"] for r in results] == list(POLICIES)
     for r in results:
         assert r["pairs"] == 6, r  # every trainable weight, float16's loss-scale wrapper too
-        assert r["raw_differs"], r  # so the next two can tell the average from the raw weights
+        # The average was updated, and differs from the raw weights: the checks below can tell
+        # which is which.
+        assert r["average_moved"] and r["raw_differs"], r
         assert r["scored_is_kept"] and r["kept_is_average"], r
         assert r["swapped_back"], r  # training went on from the raw weights
-        assert r["average_restored"], r  # a checkpoint carries the average on
+        # The epoch-end checkpoint holds the raw weights and the average, as a resume needs.
+        assert r["checkpoint_raw"] and r["checkpoint_average"], r
 
 
 def test_the_weight_average_is_scored_kept_and_checkpointed_keras_3():
