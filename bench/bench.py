@@ -30,7 +30,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from job import precision
+from job import cpus, precision
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -141,7 +141,7 @@ def main() -> None:
     bf16_cpu = sorted(flags & precision.CPU_BF16_FLAGS)
     simd = [f for f in SIMD_FLAGS if f in flags]
     peak = {"float32": matmul_gflops("float32"), "bfloat16": matmul_gflops("bfloat16")}
-    print(f"CPU: {cpu_model()}, {len(os.sched_getaffinity(0))} usable; flags: "
+    print(f"CPU: {cpu_model()}, {cpus.usable(None)[0]} usable; flags: "
           f"{' '.join(simd) or 'none of ' + ' '.join(SIMD_FLAGS)}", flush=True)  # fmt: skip
     print(f"matmul GFLOP/s: float32 {peak['float32']:.0f}, bfloat16 {peak['bfloat16']:.0f}; "
           f"CPU bfloat16 flags: {', '.join(bf16_cpu) or 'none'}", flush=True)  # fmt: skip

@@ -123,21 +123,14 @@ class EvaluateAverage(keras.callbacks.Callback):
     that raises ends fit() with the average in the model; nothing is saved after that (the last
     checkpoint is the epoch before), and each fit() gets a new instance."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._swapped = False
-
     def on_test_begin(self, logs=None) -> None:
-        if not self._swapped:
-            self._swap()
+        self._swap()
 
     def on_test_end(self, logs=None) -> None:
-        if self._swapped:
-            self._swap()
+        self._swap()
 
     def _swap(self) -> None:
         for weight, average in compat.averaged_weights(self.model):
             raw = weight.numpy()
             weight.assign(average.numpy())
             average.assign(raw)
-        self._swapped = not self._swapped

@@ -68,7 +68,7 @@ def map_parallelism() -> int:
     """Batches augmented at once: the job's thread count (job.cpus sized TensorFlow's pools
     from THREADS, the cgroup quota or the affinity mask), so a GPU host's cores feed it, up to
     MAX_MAP_PARALLELISM."""
-    threads = tf.config.threading.get_intra_op_parallelism_threads() or cpus.affinity()
+    threads = tf.config.threading.get_intra_op_parallelism_threads() or cpus.usable(None)[0]
     return min(threads, MAX_MAP_PARALLELISM)
 
 
@@ -76,9 +76,9 @@ def _options(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """Under MultiWorkerMirroredStrategy every worker builds the same pipeline (same shuffle
     seed) and keeps its share of each global batch; there are no files to shard by.
 
-    tf.data's autotuning is off: on 2 cores, with augmentation in the pipeline, about one epoch
-    in three took twice as long with it on (2.5 s or 5.0 s, bimodal; 0 of 15 with it off; the
-    README's Performance section). The pipeline is one map of whole batches, so a fixed
+    tf.data's autotuning is off: on 2 cores, with augmentation in the pipeline, 24 of 63 epochs
+    took twice as long with it on (2.5 s or 5.0 s, bimodal), 0 of 15 with it off (the README's
+    Performance section). The pipeline is one map of whole batches, so a fixed
     parallelism and prefetch depth need no tuning."""
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA

@@ -28,6 +28,10 @@ def weights(model) -> list[np.ndarray]:
     return [np.array(w.numpy()) for w in model.trainable_variables]
 
 
+def averages(model) -> list[np.ndarray]:
+    return [np.array(a.numpy()) for _, a in compat.averaged_weights(model)]
+
+
 def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
     return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
@@ -74,17 +78,16 @@ def probe(policy: str) -> dict:
         fresh.optimizer.build(fresh.trainable_variables)
         fresh.load_weights(probe_cb.checkpoint)
         restored = weights(fresh)
-        restored_average = [np.array(a.numpy()) for _, a in compat.averaged_weights(fresh)]
-    seen, kept = probe_cb.seen, weights(model)
-    averages = [np.array(a.numpy()) for _, a in compat.averaged_weights(model)]
+        restored_average = averages(fresh)
+    seen, kept, average = probe_cb.seen, weights(model), averages(model)
     return {
         "policy": policy,
         "keras": keras.__version__,
-        "pairs": len(averages),
-        "average_moved": not same(averages, seen["initial"]),
+        "pairs": len(average),
+        "average_moved": not same(average, seen["initial"]),
         "raw_differs": not same(seen["before_test"], seen["scored"]),
         "scored_is_kept": same(seen["scored"], kept),
-        "kept_is_average": same(kept, averages),
+        "kept_is_average": same(kept, average),
         "swapped_back": same(seen["before_test"], seen["after_test"]),
         "checkpoint_raw": same(restored, seen["before_test"]),
         "checkpoint_average": same(restored_average, seen["scored"]),

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from job import data
+from job.data import idx_bytes
 from job.errors import EXIT_CONFIG, EXIT_DATA
 from tests.conftest import job_env, run_job
-from tests.test_data import idx_bytes
 
 STEMS = data.IDX_FILES
 

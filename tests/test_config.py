@@ -64,6 +64,9 @@ def test_empty_values_count_as_unset():
         ({"RECIPE": "turbo"}, "RECIPE"),
         ({"PRECISION": "int8"}, "PRECISION"),
         ({"TARGET_ACCURACY": "1.5"}, "TARGET_ACCURACY"),
+        ({"EMA_MOMENTUM": "1"}, "EMA_MOMENTUM"),  # never moves: the average would stay at the start
+        ({"EMA_MOMENTUM": "-0.1"}, "EMA_MOMENTUM"),
+        ({"EMA_MOMENTUM": "nan"}, "EMA_MOMENTUM"),
         # Strict parsing: ASCII digits only, no separators, sane ranges.
         ({"EPOCHS": "1_0"}, "EPOCHS"),
         ({"EPOCHS": "\u0661\u0662"}, "EPOCHS"),  # Arabic-Indic digits, which int() accepts

@@ -11,13 +11,10 @@ TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
-idx_bytes = data.idx_bytes  # other test modules import it from here
-
-
 def write_idx_dir(folder, arrays):
     folder.mkdir(parents=True, exist_ok=True)
     for key, stem in data.IDX_FILES.items():
-        (folder / stem).write_bytes(idx_bytes(arrays[key]))
+        (folder / stem).write_bytes(data.idx_bytes(arrays[key]))
 
 
 def test_real_mnist_is_the_real_thing(mnist_dir):
@@ -42,7 +39,7 @@ def test_npz_and_gzip_layouts_load_the_same_arrays(mnist_dir, tmp_path):
     gz = tmp_path / "gz"
     gz.mkdir()
     for key, stem in data.IDX_FILES.items():
-        (gz / f"{stem}.gz").write_bytes(gzip.compress(idx_bytes(arrays[key])))
+        (gz / f"{stem}.gz").write_bytes(gzip.compress(data.idx_bytes(arrays[key])))
     file_uri = layout.parse("DATA_URI", f"file://{gz}").path
     for source in (tmp_path / "mnist.npz", gz, file_uri):
         loaded = data.load("mnist", str(source))
@@ -50,7 +47,7 @@ def test_npz_and_gzip_layouts_load_the_same_arrays(mnist_dir, tmp_path):
 
 
 def test_parse_idx_checks_magic_rank_and_length():
-    good = idx_bytes(np.zeros((2, 28, 28), np.uint8))
+    good = data.idx_bytes(np.zeros((2, 28, 28), np.uint8))
     assert data.parse_idx(good, name="f", ndim=3).shape == (2, 28, 28)
     with pytest.raises(DataError, match="bad magic"):
         data.parse_idx(b"\x00\x00\x0d\x03" + good[4:], name="f", ndim=3)

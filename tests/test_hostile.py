@@ -27,6 +27,7 @@ import pytest
 from PIL import Image
 
 from job import config, data, layout
+from job.data import idx_bytes
 from job.errors import (
     EXIT_CONFIG,
     EXIT_DATA,
@@ -38,7 +39,6 @@ from job.errors import (
 from job.preemption import PreemptionGuard
 from tests.conftest import ROOT, job_env, run_job, start_job, train_in_process
 from tests.s3 import cos_env, s3_client
-from tests.test_data import idx_bytes
 from tests.test_submit import RECORDER, recorded, stand_in
 
 TINY = {"RECIPE": "seed", "EPOCHS": "1", "TRAIN_LIMIT": "256", "TEST_LIMIT": "64"}

@@ -12,11 +12,11 @@ import pytest
 
 from job import bucket as bucket_mod
 from job import config, data, layout
+from job.data import idx_bytes
 from job.errors import EXIT_CONFIG, EXIT_PREEMPTED, EXIT_TRANSIENT, ConfigError, TransientError
 from tests.conftest import job_env, run_job, start_job
 from tests.faultproxy import FaultProxy, Faults
 from tests.s3 import ACCESS_KEY, SECRET_KEY, all_objects, cos_env, s3_client
-from tests.test_data import idx_bytes
 
 
 def store_for(endpoint: str, uri: str, **env: str):
