@@ -40,7 +40,7 @@ MIN_SECRET_LENGTH = 8
 # --- recipes: how the seed network is trained, never what the network is ---
 # `seed` is the notebook exactly. `fast` (the default) trains the same network faster and to a
 # higher accuracy: a tf.data pipeline with light random affine augmentation, batches of 512,
-# mixed precision where the hardware has it, a one-epoch warm-up to 3e-3 then cosine decay. The
+# mixed precision where the hardware has it, a one-epoch warm-up to 5e-3 then cosine decay. The
 # figures behind these choices come from `make bench` (README, Performance). EPOCHS, BATCH_SIZE,
 # LEARNING_RATE and PRECISION override a recipe's value; the rest is the recipe's.
 RECIPES: dict[str, dict[str, object]] = {
@@ -60,7 +60,9 @@ RECIPES: dict[str, dict[str, object]] = {
     "fast": {
         "epochs": 20,
         "batch_size": 512,
-        "learning_rate": 0.003,  # the peak of the schedule
+        # The peak of the schedule. 5e-3 over 3e-3: chosen on a held-out split of the training
+        # set (`make bench-heldout`), never on the test set; README, Performance.
+        "learning_rate": 0.005,
         "precision": "auto",
         "schedule": "warmup_cosine",
         "warmup_epochs": 1,
@@ -372,7 +374,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("EPOCHS", _int(1, 10_000), "recipe's: 20 / 12", "1-10000", _T, "epochs"),
     Variable("BATCH_SIZE", _int(1, 65_536), "recipe's: 512 / 128",
              "1-65536, per replica", _T, "batch_size"),
-    Variable("LEARNING_RATE", _float(1e-7, 10.0), "recipe's: 0.003 / 0.001",
+    Variable("LEARNING_RATE", _float(1e-7, 10.0), "recipe's: 0.005 / 0.001",
              "RMSprop (peak) learning rate, 1e-7 to 10, per replica", _T, "learning_rate"),
     Variable("EMA_MOMENTUM", _float(0.0, 0.9999), "recipe's: 0.98 / 0",
              "momentum per step of a moving average of the weights, which each epoch's test "

@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 def test_defaults_come_from_the_fast_recipe():
     cfg = config.from_env({})
     t = cfg.training
-    assert (t.recipe, t.epochs, t.batch_size, t.learning_rate) == ("fast", 20, 512, 0.003)
+    assert (t.recipe, t.epochs, t.batch_size, t.learning_rate) == ("fast", 20, 512, 0.005)
     assert t.dataset == "mnist" and cfg.output_uri == "./runs"
     assert config.RUN_ID_RE.match(cfg.run_id)
     assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", cfg.run_id)
