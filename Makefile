@@ -117,7 +117,7 @@ bench-short: data
 
 # Recipe choices compared on the last 10,000 training digits, never on the test set; the
 # default reruns the comparison behind the fast recipe's learning rate (README, Performance).
-HELDOUT_SEEDS ?= 1 2 3 4 5
+HELDOUT_SEEDS ?= 1,2,3,4,5
 HELDOUT_VARIANTS ?= LEARNING_RATE=0.003 -
 bench-heldout: data
 	$(PY) -m bench.heldout --seeds $(HELDOUT_SEEDS) $(HELDOUT_VARIANTS)

@@ -122,6 +122,8 @@ def run_job(recipe: str, tag: str, **settings: str) -> dict:
         "seconds_to_99": to_target,
         "test_accuracy": metrics["test_accuracy"],
         "peak_rss_mb": usage.ru_maxrss / 1024,
+        "n_train": metrics["n_train"],
+        "test_set_sha256": metrics["test_set_sha256"],
     }
 
 
