@@ -30,7 +30,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from job import cpus, precision
+from job import config, cpus, precision
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -73,11 +73,26 @@ print(2 * {size}**3 * {reps} / (time.perf_counter() - t) / 1e9)
     return float(out.stdout.strip().splitlines()[-1])
 
 
+# Every job variable and its aliases (TRAINING_ID, the AWS names, ...).
+JOB_NAMES = frozenset(n for v in config.VARIABLES for n in (v.name, *v.fallbacks))
+
+
+def clean_environment() -> dict[str, str]:
+    """The caller's environment less every job variable, and an empty ENV_FILE so a `.env` in
+    the repository does not reach the runs either: a run gets only what the benchmark sets."""
+    empty = RESULTS / "empty.env"
+    empty.parent.mkdir(parents=True, exist_ok=True)
+    empty.write_text("")
+    kept = {k: v for k, v in os.environ.items() if k not in JOB_NAMES}
+    return {**kept, "ENV_FILE": str(empty)}
+
+
 def run_job(recipe: str, tag: str, **settings: str) -> dict:
-    """One training process; wall-clock from spawn, peak RSS and CPU time from wait4."""
+    """One training process in a clean environment; wall-clock from spawn, peak RSS and CPU
+    time from wait4."""
     run_id = f"bench-{tag}-{recipe}"
     env = {
-        **os.environ,
+        **clean_environment(),
         "RECIPE": recipe,
         "RUN_ID": run_id,
         "OUTPUT_URI": str(RESULTS / "runs"),

@@ -3,10 +3,10 @@
 A recipe chosen by its test accuracy makes that accuracy an optimistic estimate. This trains on
 the first 50,000 training digits and scores the last 10,000 of them (the test set is never
 written to the split, and every run is checked to have scored the split), with real
-`python -m job train` processes (the same runner as `make bench`), for every variant and seed.
-Within a seed the variants run back to back, in an order rotated from seed to seed, so slow
-drift of the host hits them alike. The runs get a clean environment: no job variable of the
-caller's shell or `.env` reaches them, only the variant's.
+`python -m job train` processes (the runner of `make bench`, which gives each run a clean
+environment: no job variable of the caller's shell or `.env` reaches it), for every variant and
+seed. Within a seed the variants run back to back, in an order rotated from seed to seed, so
+slow drift of the host hits them alike.
 
 It prints each variant's held-out accuracies, mean and median and, against the first variant,
 the difference of the means, in how many seeds the variant was higher, and the share of all
@@ -26,24 +26,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from bench.bench import RESULTS, run_job
+from bench.bench import RESULTS, ROOT, run_job
 from job import config, data
 
 HELD_OUT = 10_000  # the last digits of the training set: as many as the test set
-# Set by this tool for every run: a variant may not change them.
-RESERVED = {"DATA_URI", "DATASET", "RUN_ID", "OUTPUT_URI", "SEED", "ENV_FILE", "LOG_FORMAT"}
-JOB_VARIABLES = {v.name for v in config.VARIABLES}
+# What a variant may change: the fast recipe's training variables, less those this tool sets
+# (SEED, the data) or that would train or score on something else than the split.
+SET_HERE = {"DATASET", "RECIPE", "SEED", "TRAIN_LIMIT", "TEST_LIMIT"}
+VARIANT_VARIABLES = frozenset({*config.HYPERPARAMETERS, "THREADS"} - SET_HERE)
 
 
 def parse_variant(text: str) -> dict[str, str]:
-    """`A=1,B=2` -> {"A": "1", "B": "2"}; `-` -> {} (the recipe as it is). Only the job's
-    own variables, each with a value: a misspelt name would silently compare the default."""
+    """`A=1,B=2` -> {"A": "1", "B": "2"}; `-` -> {} (the recipe as it is). Only
+    VARIANT_VARIABLES, each with a value: a misspelt name would silently compare the default."""
     if text == "-":
         return {}
     settings = {}
@@ -51,8 +51,10 @@ def parse_variant(text: str) -> dict[str, str]:
         name, sep, value = (part.strip() for part in item.partition("="))
         if not sep or not value:
             raise SystemExit(f"variant {text!r}: expected VAR=value[,VAR=value...] or '-'")
-        if name not in JOB_VARIABLES or name in RESERVED:
-            raise SystemExit(f"variant {text!r}: {name!r} is not a job variable a variant sets")
+        if name not in VARIANT_VARIABLES:
+            raise SystemExit(
+                f"variant {text!r}: {name!r} is not one of {', '.join(sorted(VARIANT_VARIABLES))}"
+            )
         settings[name] = value
     return settings
 
@@ -122,24 +124,20 @@ def summarise(rows: list[dict], variants: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     seeds, variants = parse_args(argv)
-    for name in JOB_VARIABLES & os.environ.keys():  # the caller's settings stay out
-        del os.environ[name]
-    full = data.load("mnist", None)
+    full = data.load("mnist", ROOT / "data" / "mnist")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     RESULTS.mkdir(parents=True, exist_ok=True)
     log = RESULTS / f"heldout-{stamp}.jsonl"
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="heldout-") as scratch:
-        split = data.load("mnist", write_split(full.x_train, full.y_train, Path(scratch) / "data"))
+        split = data.load("mnist", write_split(full.x_train, full.y_train, Path(scratch)))
         expected = data.test_set_sha256(split)
-        empty_env = Path(scratch) / "empty.env"
-        empty_env.write_text("")
         indexed = list(enumerate(variants))
         for turn, seed in enumerate(seeds):
             shift = turn % len(indexed)
             for index, (text, settings) in indexed[shift:] + indexed[:shift]:
-                run = run_job("fast", f"{stamp}-ho{index}-s{seed}", DATA_URI=str(split.source),
-                              ENV_FILE=str(empty_env), SEED=str(seed), **settings)  # fmt: skip
+                run = run_job("fast", f"{stamp}-ho{index}-s{seed}", DATA_URI=split.source,
+                              SEED=str(seed), **settings)  # fmt: skip
                 if (run["test_set_sha256"], run["n_train"]) != (expected, len(split.y_train)):
                     raise SystemExit(f"run {run} did not train and score on the held-out split")
                 kept = {k: run[k] for k in ("epochs", "samples_per_second", "wall_seconds")}

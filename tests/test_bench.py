@@ -1,13 +1,28 @@
-"""The held-out comparison (`make bench-heldout`): it must never score on the test set."""
+"""The benchmarks' harness: clean environments for their runs, and the held-out comparison
+(`make bench-heldout`), which must never score on the test set."""
 
+import json
 import re
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from bench import heldout
+from bench import bench, heldout
 from job import data
 from tests.conftest import ROOT
+
+
+def test_runs_get_a_clean_environment(monkeypatch, tmp_path):
+    monkeypatch.setattr(bench, "RESULTS", tmp_path)
+    for name in ("LEARNING_RATE", "TRAINING_ID", "AWS_ACCESS_KEY_ID", "ENV_FILE"):
+        monkeypatch.setenv(name, "from the caller")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    env = bench.clean_environment()
+    assert not {"LEARNING_RATE", "TRAINING_ID", "AWS_ACCESS_KEY_ID"} & env.keys()
+    assert env["PATH"] == "/usr/bin:/bin"
+    assert Path(env["ENV_FILE"]).read_text() == ""  # a .env in the repository is not read
 
 
 def test_the_split_is_the_training_set_only(mnist_dir, tmp_path):
@@ -20,34 +35,49 @@ def test_the_split_is_the_training_set_only(mnist_dir, tmp_path):
     assert np.array_equal(split.y_test, full.y_train[cut:])
 
 
-def test_a_run_that_scored_anything_but_the_split_stops_the_comparison(
-    mnist_dir, monkeypatch, capsys
-):
-    """The guard on every run: here the runner reports the real test set's digest, as a run
-    that ignored DATA_URI would."""
-    full = data.load("mnist", mnist_dir)
-    seen = []
+@pytest.fixture
+def runs(monkeypatch, tmp_path, mnist_dir):
+    """heldout.main with the training process replaced: `runs.calls` records what each run was
+    given (after checking it points at the split), `runs.digest` is what the runs report."""
+    runs = SimpleNamespace(calls=[], digest=None, full=data.load("mnist", mnist_dir))
 
     def runner(recipe, tag, **settings):
-        seen.append(settings)
-        scored = data.load("mnist", settings["DATA_URI"])
-        assert np.array_equal(scored.x_test, full.x_train[-heldout.HELD_OUT :])
-        return {"test_set_sha256": data.test_set_sha256(full), "n_train": len(scored.y_train)}
+        split = data.load("mnist", settings["DATA_URI"])
+        assert np.array_equal(split.x_test, runs.full.x_train[-heldout.HELD_OUT :])
+        runs.calls.append((recipe, settings))
+        bonus = 0.002 if "EPOCHS" in settings else 0.0
+        return {
+            "test_set_sha256": runs.digest or data.test_set_sha256(split),
+            "n_train": len(split.y_train),
+            "test_accuracy": 0.99 + 0.001 * int(settings["SEED"]) + bonus,
+            "epochs": 20, "samples_per_second": 1.0, "wall_seconds": 1.0,
+        }  # fmt: skip
 
     monkeypatch.setattr(heldout, "run_job", runner)
-    monkeypatch.chdir(ROOT)
-    monkeypatch.setenv("LEARNING_RATE", "0.1")  # the caller's shell must not reach the runs
+    monkeypatch.setattr(heldout, "RESULTS", tmp_path)
+    return runs
+
+
+def test_variants_alternate_per_seed_and_are_summarised_by_seed(runs, tmp_path):
+    heldout.main(["--seeds", "1,2", "-", "EPOCHS=2"])
+    order = [(s["SEED"], s.get("EPOCHS")) for _, s in runs.calls]
+    assert order == [("1", None), ("1", "2"), ("2", "2"), ("2", None)]
+    assert {recipe for recipe, _ in runs.calls} == {"fast"}
+    lines = [json.loads(line) for line in next(tmp_path.glob("heldout-*.jsonl")).open()]
+    assert [(r["variant"], r["seed"]) for r in lines[:4]] == [
+        ("-", 1), ("EPOCHS=2", 1), ("EPOCHS=2", 2), ("-", 2)
+    ]  # fmt: skip
+    b = lines[4]["summary"]["EPOCHS=2"]
+    assert b["accuracies"] == pytest.approx([0.993, 0.994])
+    assert b["mean_minus_first"] == pytest.approx(0.002)
+    assert (b["seeds_higher_than_first"], b["wins_over_first"]) == (2, 1.0)
+
+
+def test_a_run_that_scored_anything_but_the_split_stops_the_comparison(runs):
+    runs.digest = data.test_set_sha256(runs.full)  # as a run that ignored DATA_URI reports
     with pytest.raises(SystemExit, match="did not train and score on the held-out split"):
         heldout.main(["--seeds", "7", "EPOCHS=2"])
-    assert seen == [
-        {
-            "DATA_URI": seen[0]["DATA_URI"],
-            "ENV_FILE": seen[0]["ENV_FILE"],
-            "SEED": "7",
-            "EPOCHS": "2",
-        }
-    ]
-    assert "LEARNING_RATE" not in heldout.os.environ
+    assert len(runs.calls) == 1
 
 
 def test_the_makefile_default_parses():
@@ -62,8 +92,9 @@ def test_the_makefile_default_parses():
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["LEARNIG_RATE=0.003"], "not a job variable"),
-        (["DATA_URI=data/mnist"], "not a job variable a variant sets"),
+        (["LEARNIG_RATE=0.003"], "is not one of"),
+        (["DATA_URI=data/mnist"], "is not one of"),
+        (["TRAIN_LIMIT=100"], "is not one of"),
         (["LEARNING_RATE="], "expected VAR=value"),
         (["LEARNING_RATE"], "expected VAR=value"),
         (["-", "-"], "each at most once"),
@@ -76,13 +107,6 @@ def test_bad_arguments_are_refused_before_any_run(argv, message):
         heldout.parse_args(argv)
 
 
-def test_summary_pairs_by_seed():
-    rows = [
-        {"variant": v, "seed": s, "heldout_accuracy": a}
-        for v, s, a in [("-", 1, 0.990), ("-", 2, 0.992), ("B", 1, 0.991), ("B", 2, 0.991)]
-    ]
-    b = heldout.summarise(rows, ["-", "B"])["B"]
-    assert b["accuracies"] == [0.991, 0.991] and b["seeds_higher_than_first"] == 1
-    assert b["mean_minus_first"] == pytest.approx(0.0) and b["wins_over_first"] == 0.5
+def test_win_share():
     assert heldout.win_share([3.0, 4.0], [1.0, 2.0]) == 1.0
     assert heldout.win_share([2.0], [1.0, 2.0, 3.0]) == 0.5
