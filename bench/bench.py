@@ -157,8 +157,9 @@ def main() -> None:
     flags = precision.cpu_flags()
     bf16_cpu = sorted(flags & precision.CPU_BF16_FLAGS)
     simd = [f for f in SIMD_FLAGS if f in flags]
+    model = cpu_model()
     peak = {"float32": matmul_gflops("float32"), "bfloat16": matmul_gflops("bfloat16")}
-    print(f"CPU: {cpu_model()}, {cpus.usable(None)[0]} usable; flags: "
+    print(f"CPU: {model}, {cpus.usable(None)[0]} usable; flags: "
           f"{' '.join(simd) or 'none of ' + ' '.join(SIMD_FLAGS)}", flush=True)  # fmt: skip
     print(f"matmul GFLOP/s: float32 {peak['float32']:.0f}, bfloat16 {peak['bfloat16']:.0f}; "
           f"CPU bfloat16 flags: {', '.join(bf16_cpu) or 'none'}", flush=True)  # fmt: skip
@@ -211,7 +212,7 @@ def main() -> None:
         / summary["float32_notebook_samples_per_second"]
     )
     report = {"mode": "short" if args.short else "full", "matmul_gflops": peak,
-              "cpu_model": cpu_model(), "cpu_simd_flags": simd, "cpu_bf16_flags": bf16_cpu,
+              "cpu_model": model, "cpu_simd_flags": simd, "cpu_bf16_flags": bf16_cpu,
               "train_flops_per_sample": TRAIN_FLOPS_PER_SAMPLE,
               "runs": rows, "summary": summary}  # fmt: skip
     out = RESULTS / f"bench-{stamp}.json"

@@ -42,7 +42,7 @@ MIN_SECRET_LENGTH = 8
 # higher accuracy: a tf.data pipeline with light random affine augmentation, batches of 512,
 # mixed precision where the hardware has it, a one-epoch warm-up to 5e-3 then cosine decay. The
 # figures behind these choices come from `make bench` (README, Performance). EPOCHS, BATCH_SIZE,
-# LEARNING_RATE and PRECISION override a recipe's value; the rest is the recipe's.
+# LEARNING_RATE, EMA_MOMENTUM and PRECISION override a recipe's value; the rest is the recipe's.
 RECIPES: dict[str, dict[str, object]] = {
     "seed": {
         "epochs": 12,

@@ -461,6 +461,24 @@ def test_10_a_checkpoint_from_before_a_setting_existed(checkpointed, tmp_path, m
 
 
 @pytest.mark.slow
+def test_10_a_checkpoint_from_before_a_recipe_default_changed(checkpointed, tmp_path, mnist_dir):
+    """A recipe's default changed between versions (the fast recipe's peak learning rate went
+    from 0.003 to 0.005): the checkpoint recorded the old value, so a rerun on the new default
+    is refused naming the variable and the recorded value (never a silent resume at another
+    rate), and a rerun that sets the old value resumes."""
+    pointer = tmp_path / "out" / "half" / "checkpoints" / "latest.json"
+    meta = json.loads(pointer.read_text())
+    meta["settings"]["LEARNING_RATE"] = 0.003  # as written by the previous default
+    pointer.write_text(json.dumps(meta))
+    with pytest.raises(ConfigError) as err:
+        train_in_process(tmp_path, mnist_dir, **checkpointed)
+    assert err.value.exit_code == EXIT_CONFIG
+    assert str(err.value).startswith("LEARNING_RATE=0.001 is invalid: expected 0.003 as when")
+    result, _ = train_in_process(tmp_path, mnist_dir, **{**checkpointed, "LEARNING_RATE": "0.003"})
+    assert result["resumed_from_epoch"] == 1 and result["epochs_completed"] == 3
+
+
+@pytest.mark.slow
 def test_11_corrupt_checkpoint_pointer_fails_once_with_a_record(checkpointed, tmp_path, mnist_dir):
     run_dir = tmp_path / "out" / "half"
     (run_dir / "checkpoints" / "latest.json").write_text("{garbage")
