@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# The WML submitter's environment: its client needs numpy 1.x, TensorFlow numpy 2 (job/wml.py).
+# The WML submitter's environment: its client needs numpy 1.x, TensorFlow numpy 2 (job/launch/wml.py).
 # Run it from the repository root: `.venv-wml/bin/python -m job submit --backend wml`.
 WML_VENV := .venv-wml
 WML_STAMP := $(WML_VENV)/.installed
@@ -18,7 +18,7 @@ QUIET_PIP := { grep -v 'is ignored: it is neither a file nor a directory' || tru
 VARIANT ?= cpu
 IMAGE ?= mnist-job:$(VARIANT)
 
-.PHONY: help venv venv-wml venv-tf214 data train test lint format lock docs bench bench-short bench-heldout bench-runs image image-test image-test-gpu clean
+.PHONY: help venv venv-wml venv-tf214 data train test lint format lock docs bench bench-short bench-heldout bench-runs bench-startup image image-test image-test-gpu clean
 
 help:
 	@echo "make train   - set up, fetch MNIST, train with defaults (results under ./runs)"
@@ -27,11 +27,12 @@ help:
 	@echo "make bench   - default recipe vs the notebook: time to 99%, final accuracy, samples/s (bench-short: quick)"
 	@echo "make bench-heldout - recipe variants on a held-out part of the training set (HELDOUT_VARIANTS, HELDOUT_SEEDS)"
 	@echo "make bench-runs - runs / champion lookup / prune cost with 1,000 and 10,000 runs"
+	@echo "make bench-startup - the job's own start-up and exit time around a tiny training"
 	@echo "make image   - build the image (VARIANT=cpu|gpu; docker, or podman without an engine)"
 	@echo "make image-test - build the CPU image with podman and run it as docker run would"
 	@echo "make image-test-gpu - the same for the GPU image (no GPU needed; ~3 GB of CUDA wheels)"
 	@echo "make lock    - re-resolve requirements*.lock from pyproject.toml"
-	@echo "make docs    - regenerate the README's variable table from job/config.py"
+	@echo "make docs    - regenerate docs/configuration.md's variable table from job/config/settings.py"
 	@echo "make lint / format / clean"
 
 $(STAMP): requirements-dev.lock pyproject.toml
@@ -78,9 +79,10 @@ format: $(STAMP)
 test: data lint $(WML_STAMP) $(TF214_STAMP)
 	$(PY) -m pytest
 
-# The README's variable table, regenerated from job/config.py's VARIABLES (a test compares them).
+# docs/configuration.md's variable table, regenerated from job/config/settings.py (a test
+# compares them).
 docs: $(STAMP)
-	$(PY) -c 'import re, pathlib; from job import config; p = pathlib.Path("README.md"); \
+	$(PY) -c 'import pathlib; from job import config; p = pathlib.Path("docs/configuration.md"); \
 	  begin, end = "<!-- variables:begin -->\n", "<!-- variables:end -->"; t = p.read_text(); \
 	  head, rest = t.split(begin, 1); p.write_text(head + begin + config.markdown_table() + end + rest.split(end, 1)[1])'
 
@@ -125,3 +127,7 @@ bench-heldout: data
 # What `runs`, the champion lookup and prune cost with 1,000 and 10,000 runs in one bucket.
 bench-runs: $(STAMP)
 	$(PY) bench/runs_scale.py
+
+# The job's own cost around training: first log line, first epoch, exit after publication.
+bench-startup: data
+	$(PY) bench/startup.py

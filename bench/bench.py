@@ -30,7 +30,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from job import config, cpus, precision
+from job import config
+from job.training import cpus, precision
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"

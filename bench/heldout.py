@@ -32,7 +32,8 @@ from datetime import datetime
 from pathlib import Path
 
 from bench.bench import RESULTS, ROOT, run_job
-from job import config, data
+from job import config
+from job.training import data
 
 HELD_OUT = 10_000  # the last digits of the training set: as many as the test set
 # What a variant may change: the fast recipe's training variables, less those this tool sets

@@ -22,9 +22,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from job import champion, config, layout, runs  # noqa: E402
-from job.bucket import S3Store  # noqa: E402
-from tests.s3 import SerialMotoServer, cos_env, s3_client  # noqa: E402
+from job import config  # noqa: E402
+from job.runstore import champion, layout  # noqa: E402
+from job.runstore import prune as pruning  # noqa: E402
+from job.runstore import reader as runs  # noqa: E402
+from job.runstore.s3 import S3Store  # noqa: E402
+from tests.support.s3 import SerialMotoServer, cos_env, s3_client  # noqa: E402
 from tests.test_champion import finish_run  # noqa: E402
 
 
@@ -94,7 +97,9 @@ def main() -> None:
         ]
         if size <= args.old_up_to:  # prune reads every run beyond --keep: O(runs), by design
             cases.insert(1, ("runs, previous way", lambda: old_runs(store, 20)))
-            cases.append(("prune --keep 100 --dry-run", lambda: runs.prune(store, 100, 1e9, True)))
+            cases.append(
+                ("prune --keep 100 --dry-run", lambda: pruning.prune(store, 100, 1e9, True))
+            )
         for name, what in cases:
             seconds, requests = measure(what, store)
             print(f"{size:>7} {name:28s} {requests:>9} {seconds:>8.2f}", flush=True)

@@ -19,9 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from job import layout
+from job import logs
 from job.config import Config
 from job.errors import EXIT_SOFTWARE, ConfigError, JobError, TransientError
+from job.launch import wml
+from job.runstore import layout
+from job.runstore.store import open_store
+from job.training import precision
+from job.training.fetch import SHA256
 
 # What a run writes to WORK_DIR at most: the data when DATA_URI is a bucket (55 MB of MNIST),
 # the checkpoint (5.6 MB), model.keras and the SavedModel (11 MB), the images (0.3 MB):
@@ -59,7 +64,7 @@ def output_store(cfg: Config, store=None) -> str:
     """Reachable, the bucket exists, the keys work: a probe object written, read back and
     deleted at OUTPUT_URI's top (permissions, not only existence). Not inside a run folder:
     a finished or live-owned run is never touched, and no run folder is created or emptied."""
-    store = store or layout.open_store(cfg.output_uri, cfg.storage)
+    store = store or open_store(cfg.output_uri, cfg.storage)
     key = f"{layout.CHECK_PROBE}-{secrets.token_hex(6)}"
     payload = secrets.token_bytes(32)
     store.put_bytes(key, payload)
@@ -81,11 +86,9 @@ def input_data(cfg: Config, known: dict[str, dict[str, str]]) -> str:
     """Found where `train` looks, headers and counts valid (else DataError, 65), and for a
     dataset whose digests are known (`known`: dataset -> IDX file -> SHA-256), each file's
     SHA-256: a difference is reported by name, not failed."""
-    from job import data
+    from job.training import data  # deferred: numpy, only when the data is checked
 
-    if not cfg.data_uri and not any(
-        p.exists() for p in data.local_candidates(cfg.training.dataset)
-    ):
+    if data.locate(cfg.training.dataset, cfg.data_uri) is None:
         places = ", ".join(str(p) for p in data.local_candidates(cfg.training.dataset))
         return f"none in {places}: train downloads keras.datasets' copy (needs the network)"
     # System temp, not WORK_DIR: that has its own check, and each check fails alone.
@@ -140,7 +143,6 @@ def peers(cfg: Config) -> str:
 
 def wml_service(cfg: Config) -> str:
     """Credentials, the space and the software/hardware specifications (the submitter's side)."""
-    from job import wml
 
     try:
         api = wml.client(cfg.wml)
@@ -155,7 +157,6 @@ def wml_service(cfg: Config) -> str:
 
 
 def devices(cfg: Config) -> str:
-    from job import logs, precision
 
     logs.import_tensorflow_quietly(cfg.logging.level)
     import tensorflow as tf
@@ -179,7 +180,6 @@ def before_training(cfg: Config, store) -> list[Result]:
 def for_submitter(cfg: Config, backend: str) -> list[Result]:
     """What makes sense from the submitter's machine: the output store, data in a bucket (a
     local DATA_URI is the host's, not the run's), and WML's side for the wml backend."""
-    from job.fetch import SHA256
 
     results = [run("output", lambda: output_store(cfg))]
     if cfg.data_uri and layout.parse("DATA_URI", cfg.data_uri).is_bucket:
@@ -190,7 +190,6 @@ def for_submitter(cfg: Config, backend: str) -> list[Result]:
 
 
 def everything(cfg: Config, *, with_devices: bool) -> list[Result]:
-    from job.fetch import SHA256
 
     results = [
         run("output", lambda: output_store(cfg)),

@@ -34,14 +34,17 @@ def use_json(log_format: str, stream=None) -> bool:
 # The last events, for the reason written into _FAILURE.
 _recent: deque[str] = deque(maxlen=20)
 REDACTED = "***"
+# Secrets shorter than this are refused (job.config.parsers): scrubbing a short one would
+# rewrite ordinary words.
+MIN_SECRET_LENGTH = 8
 
 
 def scrub(text: str, secrets: list[str]) -> str:
-    """`text` with every secret value replaced by ***. Secrets are at least 8 characters
-    (job.config), so this never rewrites ordinary words; longest first, so a secret that
+    """`text` with every secret value replaced by ***. Secrets are at least MIN_SECRET_LENGTH
+    characters, so this never rewrites ordinary words; longest first, so a secret that
     contains another is replaced whole."""
     for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= 8:  # shorter ones are refused by job.config; never mangle words
+        if len(secret) >= MIN_SECRET_LENGTH:  # never mangle words
             text = text.replace(secret, REDACTED)
     return text
 

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from job import data
-from job.data import idx_bytes
 from job.errors import EXIT_CONFIG, EXIT_DATA
-from tests.conftest import job_env, run_job
+from job.training import data
+from job.training.data import idx_bytes
+from tests.support.jobs import job_env, run_job
 
 STEMS = data.IDX_FILES
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from bench import bench, heldout
-from job import data
-from tests.conftest import ROOT
+from job.training import data
+from tests.support.jobs import ROOT
 
 
 def test_runs_get_a_clean_environment(monkeypatch, tmp_path):

@@ -1,4 +1,4 @@
-"""Champions per model name (job.champion) against the loopback S3 server, which enforces
+"""Champions per model name (job.runstore.champion) against the loopback S3 server, which enforces
 If-Match and If-None-Match on PUT: the decision table, the commands, and two processes
 promoting at the same moment, 20 times.
 
@@ -15,12 +15,12 @@ import secrets
 
 import pytest
 
-from job import champion, layout
-from job.digest import sha256_bytes
 from job.errors import EXIT_CONFIG, EXIT_DATA
-from job.store import LocalStore
-from tests.conftest import job_env, run_job
-from tests.s3 import all_objects, cos_env
+from job.runstore import champion, layout
+from job.runstore.digest import sha256_bytes
+from job.runstore.local import LocalStore
+from tests.support.jobs import cli, job_env, run_job
+from tests.support.s3 import all_objects, cos_env
 from tests.test_storage import store_for
 
 TEST_SET = "a" * 64
@@ -120,7 +120,7 @@ def test_a_model_name_may_be_a_dataset_name(store, s3_endpoint, bucket, tmp_path
     champion.consider(store, "fashion_mnist", champion.candidate(store, "fashion-1"),
                       policy="if-better", margin=0.0)  # fmt: skip
     env = job_env(**cos_env(s3_endpoint), OUTPUT_URI=f"s3://{bucket}/runs", DATASET="fashion_mnist")
-    proc = run_job("models", env=env, cwd=tmp_path)
+    proc = cli("models", env=env, cwd=tmp_path)
     assert proc.returncode == 0 and json.loads(proc.stdout)["champion"]["run_id"] == "fashion-1"
 
 
@@ -232,22 +232,22 @@ def test_commands(s3_endpoint, bucket, store, tmp_path):
     finish_run(store, "cli-one", 0.991)
     finish_run(store, "cli-two", 0.990)
     env = job_env(**cos_env(s3_endpoint), OUTPUT_URI=f"s3://{bucket}/runs")
-    proc = run_job("promote", "cli-one", env=env, cwd=tmp_path)
+    proc = cli("promote", "cli-one", env=env, cwd=tmp_path)
     assert proc.returncode == 0 and "cli-one: now champion of model mnist" in proc.stdout
-    proc = run_job("promote", "cli-two", env=env, cwd=tmp_path)
+    proc = cli("promote", "cli-two", env=env, cwd=tmp_path)
     assert proc.returncode == 0 and "not promoted" in proc.stdout
-    assert run_job("promote", "cli-two", "--force", env=env, cwd=tmp_path).returncode == 0
-    proc = run_job("models", env=env, cwd=tmp_path)
+    assert cli("promote", "cli-two", "--force", env=env, cwd=tmp_path).returncode == 0
+    proc = cli("models", env=env, cwd=tmp_path)
     listed = json.loads(proc.stdout)
     assert listed["champion"]["run_id"] == "cli-two"
     assert [e["sequence"] for e in listed["history"]] == [3, 2, 1]
-    assert run_job("rollback", env=env, cwd=tmp_path).returncode == 0
+    assert cli("rollback", env=env, cwd=tmp_path).returncode == 0
     assert champion.read(store, "mnist")[0]["run_id"] == "cli-one"
-    missing = run_job("promote", "never-ran", env=env, cwd=tmp_path)
+    missing = cli("promote", "never-ran", env=env, cwd=tmp_path)
     assert missing.returncode == EXIT_DATA and "not a finished run" in missing.stderr
-    nothing = run_job("rollback", "other", env=env, cwd=tmp_path)
+    nothing = cli("rollback", "other", env=env, cwd=tmp_path)
     assert nothing.returncode == EXIT_CONFIG and "MODEL_NAME='other'" in nothing.stderr
-    reserved = run_job("promote", "models", env=env, cwd=tmp_path)
+    reserved = cli("promote", "models", env=env, cwd=tmp_path)
     assert reserved.returncode == EXIT_CONFIG
 
 
@@ -255,8 +255,8 @@ def test_commands(s3_endpoint, bucket, store, tmp_path):
 def test_a_trained_run_promotes_itself_and_its_champion_predicts(tmp_path, mnist_dir):
     from PIL import Image
 
-    from job import data
-    from job.digest import sha256_file
+    from job.runstore.digest import sha256_file
+    from job.training import data
 
     out = tmp_path / "out"
     env = job_env(
@@ -272,18 +272,18 @@ def test_a_trained_run_promotes_itself_and_its_champion_predicts(tmp_path, mnist
     # The run's own files are as `_SUCCESS` lists them: the decision changed none of them.
     for entry in json.loads((out / "nightly-1" / "_SUCCESS").read_text())["files"]:
         assert sha256_file(out / "nightly-1" / entry["path"]) == entry["sha256"]
-    watched = run_job("watch", "nightly-1", "--dest", str(tmp_path / "w"), env=env, cwd=tmp_path)
+    watched = cli("watch", "nightly-1", "--dest", str(tmp_path / "w"), env=env, cwd=tmp_path)
     assert "Promoted: champion of model mnist (first champion)" in watched.stdout
 
     digit = data.load("mnist", str(mnist_dir)).limited(1, 1)
     Image.fromarray(digit.x_test[0]).save(tmp_path / "digit.png")
-    proc = run_job("predict", "champion", str(tmp_path / "digit.png"), env=env, cwd=tmp_path)
+    proc = cli("predict", "champion", str(tmp_path / "digit.png"), env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"{tmp_path / 'digit.png'}: {digit.y_test[0]} (")
-    by_path = run_job("predict", "models/mnist", str(tmp_path / "digit.png"), env=env, cwd=tmp_path)
+    by_path = cli("predict", "models/mnist", str(tmp_path / "digit.png"), env=env, cwd=tmp_path)
     assert by_path.stdout == proc.stdout
     (out / "nightly-1" / "model" / "model.keras").write_bytes(b"swapped")
-    tampered = run_job("predict", "champion", str(tmp_path / "digit.png"), env=env, cwd=tmp_path)
+    tampered = cli("predict", "champion", str(tmp_path / "digit.png"), env=env, cwd=tmp_path)
     assert tampered.returncode == EXIT_DATA and "not the model the champion" in tampered.stderr
 
 
@@ -304,10 +304,10 @@ def test_prune_keeps_the_newest_champions_and_unfinished_runs(store, s3_endpoint
     store.put_bytes("models/Not A Model/champion.json", b"junk")
     env = job_env(**cos_env(s3_endpoint), OUTPUT_URI=f"s3://{bucket}/runs")
     before = all_objects(s3_endpoint, bucket)
-    dry = run_job("prune", "--keep", "2", "--dry-run", env=env, cwd=tmp_path)
+    dry = cli("prune", "--keep", "2", "--dry-run", env=env, cwd=tmp_path)
     assert dry.returncode == 0 and "would delete run-2" in dry.stdout
     assert all_objects(s3_endpoint, bucket) == before
-    proc = run_job("prune", "--keep", "2", env=env, cwd=tmp_path)
+    proc = cli("prune", "--keep", "2", env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["deleted run-2", "deleted run-1", "2 runs deleted"]
     left = {key.split("/")[1] for key in all_objects(s3_endpoint, bucket)}
@@ -321,7 +321,7 @@ def test_prune_keeps_the_newest_champions_and_unfinished_runs(store, s3_endpoint
 def test_a_finished_run_without_a_decision_takes_it_when_rerun(tmp_path, mnist_dir):
     """As if the process died between `_SUCCESS` and the decision: the Job's retry (the same
     RUN_ID) finds the run finished and decides then, once."""
-    from tests.conftest import train_in_process
+    from tests.support.jobs import train_in_process
 
     settings = {"RUN_ID": "late", "RECIPE": "seed", "TRAIN_LIMIT": "500", "TEST_LIMIT": "100",
                 "EPOCHS": "1"}  # fmt: skip

@@ -9,8 +9,8 @@ import shutil
 import pytest
 
 from job.errors import EXIT_CONFIG, EXIT_DATA, EXIT_TRANSIENT
-from tests.conftest import job_env, run_job
-from tests.s3 import cos_env
+from tests.support.jobs import cli, job_env, run_job
+from tests.support.s3 import cos_env
 from tests.test_storage import upload_slice
 
 
@@ -24,7 +24,7 @@ def good(s3_endpoint, bucket, mnist_dir, tmp_path) -> dict:
 
 
 def check(env: dict, cwd, *args: str) -> tuple[int, dict[str, dict]]:
-    proc = run_job("check", *args, env=env, cwd=cwd)
+    proc = cli("check", *args, env=env, cwd=cwd)
     rows = {}
     for line in proc.stdout.splitlines():
         row = json.loads(line)
@@ -33,7 +33,7 @@ def check(env: dict, cwd, *args: str) -> tuple[int, dict[str, dict]]:
 
 
 def test_all_pass(good, tmp_path, s3_endpoint, bucket):
-    from tests.s3 import all_objects
+    from tests.support.s3 import all_objects
 
     code, rows = check(good, tmp_path)
     assert code == 0, rows
@@ -72,7 +72,7 @@ def test_data_other_than_mnist_is_named_but_passes(good, tmp_path, mnist_dir, s3
 
 
 def a_slice(s3_endpoint, bucket, mnist_dir) -> str:
-    from job import data
+    from job.training import data
 
     ds = data.load("mnist", str(mnist_dir)).limited(1000, 100)
     return upload_slice(s3_endpoint, bucket, {k: getattr(ds, k) for k in data.IDX_FILES})

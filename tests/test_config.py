@@ -6,7 +6,7 @@ import pytest
 
 from job import config
 from job.errors import EXIT_CONFIG, ConfigError
-from tests.conftest import ROOT
+from tests.support.jobs import ROOT
 
 
 def test_defaults_come_from_the_fast_recipe():
@@ -134,10 +134,56 @@ def test_a_control_character_in_a_secret_is_not_echoed():
     assert "abcdefgh" not in str(err.value)
 
 
-def test_the_config_imports_nothing_of_the_job_but_errors():
-    source = (ROOT / "job" / "config.py").read_text()
-    imported = set(re.findall(r"^\s*(?:from|import) (job[\w.]*)", source, re.M))
-    assert imported == {"job.errors"}
+def test_the_config_imports_nothing_of_the_job_but_errors_and_logs():
+    imported = set()
+    for path in (ROOT / "job" / "config").rglob("*.py"):
+        imported |= set(re.findall(r"^\s*(?:from|import) (job[\w.]*)", path.read_text(), re.M))
+    assert {m for m in imported if not m.startswith("job.config")} == {"job.errors", "job.logs"}
+
+
+def _effective(var: config.Variable, cfg: config.Config) -> object:
+    section = getattr(cfg, var.section) if var.section else cfg
+    return getattr(section, var.attr)
+
+
+@pytest.mark.parametrize("var", config.VARIABLES, ids=lambda v: v.name)
+def test_every_documented_default_is_the_effective_default(var, tmp_path, monkeypatch):
+    """The table's default is the one in force when the variable is unset: a value, the
+    recipe's, or a rule worked out at run time. Each kind is checked its own way."""
+    cfg = config.from_env({})
+    if var.from_recipe:
+        for recipe in config.RECIPES:
+            chosen = config.from_env({"RECIPE": recipe})
+            assert _effective(var, chosen) == config.RECIPES[recipe][var.attr], recipe
+        assert _effective(var, cfg) == config.RECIPES[config.DEFAULT_RECIPE][var.attr]
+        assert var.documented_default().startswith("recipe's")
+    elif var.name == "RUN_ID":
+        assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", cfg.run_id)
+    elif var.name == "MODEL_NAME":
+        assert cfg.promotion.model_name is None and cfg.model_name == cfg.training.dataset
+    elif var.is_computed:  # worked out where the value is used: None here means "compute it"
+        assert _effective(var, cfg) is None and var.documented_default() == var.default.rule
+    elif var.attr is not None:
+        assert _effective(var, cfg) == var.default
+        shown = var.documented_default()
+        if var.default is None:
+            assert shown == var.unset
+        elif isinstance(var.default, float):
+            assert shown == f"`{var.default:g}`"
+        else:
+            assert shown == f"`{var.default}`"
+    elif var.name == "ENV_FILE":
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / var.default).write_text("EPOCHS=3\n")
+        assert config.load({}).training.epochs == 3
+    elif var.name == "WORKERS":
+        assert var.default == 1 and cfg.cluster is None
+    elif var.name == "WORKER_PORT":
+        indexed = {"WORKERS": "2", "JOB_NAME": "j", "WORKER_SERVICE": "s",
+                   "JOB_COMPLETION_INDEX": "0"}  # fmt: skip
+        assert config.from_env(indexed).cluster.spec["worker"][0] == f"j-0.s:{var.default}"
+    else:  # the other cluster inputs have no default: unset, nothing is built from them
+        assert var.default is None and var.section == "cluster" and cfg.cluster is None
 
 
 def test_every_section_field_has_its_variable():
@@ -168,11 +214,11 @@ def test_secrets_and_hyperparameters_are_derived_from_the_table():
     assert "AKIDEXAMPLE1" not in shown and "tok-123456789" not in shown
 
 
-def test_readme_variable_table_is_the_config_table():
-    readme = (ROOT / "README.md").read_text()
+def test_the_documented_variable_table_is_the_config_table():
+    page = (ROOT / "docs" / "configuration.md").read_text()
     begin, end = "<!-- variables:begin -->\n", "<!-- variables:end -->"
-    assert begin in readme and end in readme, "README lost its generated table markers"
-    table = readme.split(begin, 1)[1].split(end, 1)[0]
+    assert begin in page and end in page, "docs/configuration.md lost its table markers"
+    table = page.split(begin, 1)[1].split(end, 1)[0]
     assert table == config.markdown_table(), (
-        "README's table differs from job.config.VARIABLES: run `make docs`"
+        "docs/configuration.md's table differs from job.config.VARIABLES: run `make docs`"
     )

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from job import cpus
-from tests.conftest import job_env, run_job
+from job.training import cpus
+from tests.support.jobs import job_env, run_job
 
 
 def cgroup(tmp_path, files: dict[str, str]):

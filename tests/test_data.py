@@ -3,8 +3,9 @@ import gzip
 import numpy as np
 import pytest
 
-from job import data, layout
 from job.errors import DataError
+from job.runstore import layout
+from job.training import data
 
 # Figures for real MNIST from DESIGN.md.
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from job import config, distribute
+from job import config
 from job.errors import EXIT_CONFIG, EXIT_TRANSIENT, ConfigError
-from tests.conftest import ROOT, job_env, run_job
+from job.training import distribute
+from tests.support.jobs import ROOT, job_env, run_job
 
 
 def tf_config(spec: dict, task_type: str, index: int) -> str:
@@ -115,12 +116,12 @@ def test_watchdog_turns_a_stall_into_exit_75_and_a_failure_record(tmp_path):
         "import time\n"
         "from pathlib import Path\n"
         "from job import config\n"
-        "from job.context import RunContext\n"
-        "from job.store import LocalStore\n"
-        "from job.watchdog import Watchdog\n"
+        "from job.training.context import RunContext\n"
+        "from job.runstore.local import LocalStore\n"
+        "from job.training.watchdog import Watchdog\n"
         "cfg = config.from_env({'RUN_ID': 'stuck', 'OUTPUT_URI': 'out'})\n"
         "with RunContext(cfg, store=LocalStore(Path('out'))) as ctx:\n"
-        "    Watchdog(timeout=1, on_stall=ctx.abort).arm()\n"
+        "    Watchdog(timeout=1, on_stall=ctx.run.abort).arm()\n"
         "    time.sleep(60)\n"
     )
     proc = subprocess.run(

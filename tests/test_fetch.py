@@ -3,8 +3,8 @@ import tarfile
 
 import pytest
 
-from job import fetch
 from job.errors import DataError
+from job.training import fetch
 
 
 def test_make_data_left_verified_files(mnist_dir):

@@ -1,7 +1,7 @@
 """Hostile input, as a tester attacking the job, the store and the submitter would send it.
 
-One table per kind of attack; every row names the numbered finding it covers (issue #11), its
-expected exit code and the text its one error line must contain. Rows that act on a finished
+One table per kind of attack; every row names the attack, its expected exit code and the text
+its one error line must contain. Rows that act on a finished
 run also prove that nothing changed (SHA-256 of every file before and after), that nothing was
 written outside the destination, and that no process but ours was signalled (the victim is a
 `sleep` started here).
@@ -26,8 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from job import config, data, layout
-from job.data import idx_bytes
+from job import config
 from job.errors import (
     EXIT_CONFIG,
     EXIT_DATA,
@@ -36,9 +35,12 @@ from job.errors import (
     DataError,
     TransientError,
 )  # fmt: skip
-from job.preemption import PreemptionGuard
-from tests.conftest import ROOT, job_env, run_job, start_job, train_in_process
-from tests.s3 import cos_env, s3_client
+from job.runstore import layout
+from job.training import data
+from job.training.data import idx_bytes
+from job.training.preemption import PreemptionGuard
+from tests.support.jobs import ROOT, cli, job_env, run_job, start_job, train_in_process
+from tests.support.s3 import cos_env, s3_client
 from tests.test_submit import RECORDER, recorded, stand_in
 
 TINY = {"RECIPE": "seed", "EPOCHS": "1", "TRAIN_LIMIT": "256", "TEST_LIMIT": "64"}
@@ -95,26 +97,26 @@ def manifest_with(run: Path, entry: dict) -> None:
 
 
 WATCH_CASES = [
-    # (id and finding, how the store is damaged, exit code, text of the error line)
-    ("1-traversal-key", lambda run: manifest_with(
+    # (the attack, how the store is damaged, exit code, text of the error line)
+    ("traversal-key", lambda run: manifest_with(
         run, {"path": "images/../../../../x.txt", "size": 1, "sha256": "0" * 64}),
      EXIT_DATA, "unsafe key 'images/../../../../x.txt'"),
-    ("1-absolute-key", lambda run: manifest_with(
+    ("absolute-key", lambda run: manifest_with(
         run, {"path": "/tmp/evil.png", "size": 1, "sha256": "0" * 64}), EXIT_DATA, "unsafe key"),
-    ("19-hash-mismatch", lambda run: forge(run, "metrics.json", "{}"), EXIT_DATA,
+    ("hash-mismatch", lambda run: forge(run, "metrics.json", "{}"), EXIT_DATA,
      "metrics.json: SHA-256 differs"),
-    ("19-corrupt-success", lambda run: forge(run, "_SUCCESS", "{not json"), EXIT_DATA,
+    ("corrupt-success", lambda run: forge(run, "_SUCCESS", "{not json"), EXIT_DATA,
      "_SUCCESS: not valid JSON"),
-    ("19-success-not-object", lambda run: forge(run, "_SUCCESS", "[1]"), EXIT_DATA,
+    ("success-not-object", lambda run: forge(run, "_SUCCESS", "[1]"), EXIT_DATA,
      "_SUCCESS: not a JSON object"),
-    ("19-corrupt-status", lambda run: forge(run, "status.json", b"\xff\xfe"), EXIT_DATA,
+    ("corrupt-status", lambda run: forge(run, "status.json", b"\xff\xfe"), EXIT_DATA,
      "status.json: not valid JSON"),
-    ("19-corrupt-submission", lambda run: forge(run, "submission.json", "nope"), EXIT_DATA,
+    ("corrupt-submission", lambda run: forge(run, "submission.json", "nope"), EXIT_DATA,
      "submission.json: not valid JSON"),
-    ("19-status-wrong-types", lambda run: forge(run, "status.json", json.dumps(
+    ("status-wrong-types", lambda run: forge(run, "status.json", json.dumps(
         {"state": "running", "history": [1], "metrics": "x", "epochs": "3"})), EXIT_DATA,
      "status.json: fields of the wrong type"),
-    ("19-success-without-metrics", lambda run: (run / "_SUCCESS").write_text(
+    ("success-without-metrics", lambda run: (run / "_SUCCESS").write_text(
         json.dumps({"files": []})), EXIT_DATA, "does not list metrics.json"),
 ]  # fmt: skip
 
@@ -126,18 +128,18 @@ def test_watch_trusts_nothing_from_the_store(case, damage, code, text, out, tmp_
     damage(out / "done")
     dest = tmp_path / "a" / "b" / "c" / "dest"
     before_outside = digests(tmp_path)
-    proc = run_job("watch", "done", "--dest", str(dest), env=env_for(out), cwd=tmp_path)
+    proc = cli("watch", "done", "--dest", str(dest), env=env_for(out), cwd=tmp_path)
     assert proc.returncode == code, proc.stdout + proc.stderr
     assert text in one_error_line(proc.stderr)
     after = digests(tmp_path)
     new = {p for p in after if p not in before_outside and not p.startswith("a/b/c/dest/")}
     assert new == set(), f"written outside --dest: {new}"
     assert not (tmp_path / "x.txt").exists() and not Path("/tmp/evil.png").exists()
-    if case == "19-hash-mismatch":
+    if case == "hash-mismatch":
         assert not (dest / "metrics.json").exists(), "a file failing its hash stays out"
 
 
-def test_1_traversal_key_in_a_bucket_writes_nothing_outside(s3_endpoint, bucket, tmp_path):
+def test_traversal_key_in_a_bucket_writes_nothing_outside(s3_endpoint, bucket, tmp_path):
     """In a bucket the object `run/images/../../../../x.txt` can really exist."""
     client = s3_client(s3_endpoint)
     body = b"pwned"
@@ -150,15 +152,15 @@ def test_1_traversal_key_in_a_bucket_writes_nothing_outside(s3_endpoint, bucket,
     client.put_object(Bucket=bucket, Key="runs/evil/status.json", Body=b"{}")
     dest = tmp_path / "a" / "b" / "c" / "d" / "dest"
     env = job_env(**cos_env(s3_endpoint), OUTPUT_URI=f"s3://{bucket}/runs")
-    proc = run_job("watch", "evil", "--dest", str(dest), env=env, cwd=tmp_path)
+    proc = cli("watch", "evil", "--dest", str(dest), env=env, cwd=tmp_path)
     assert proc.returncode == EXIT_DATA and "unsafe key" in one_error_line(proc.stderr)
     assert not list(tmp_path.rglob("x.txt"))
 
 
-def test_19_one_corrupt_run_does_not_break_runs(out, tmp_path):
+def test_one_corrupt_run_does_not_break_runs(out, tmp_path):
     forge(out / "broken", "status.json", "{{{{")
     forge(out / "typed", "status.json", json.dumps({"metrics": [1], "history": "ab"}))
-    proc = run_job("runs", env=env_for(out), cwd=tmp_path)
+    proc = cli("runs", env=env_for(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = {line.split()[0]: line for line in proc.stdout.splitlines()}
     assert "succeeded" in rows["done"] and "unreadable" in rows["broken"]
@@ -184,15 +186,15 @@ def submission(out: Path, run_id: str, backend: str, handle: str) -> None:
 
 
 CANCEL_CASES = [
-    # (id and finding, run id, backend, handle (VICTIM: the victim's pid), exit, text)
-    ("2-foreign-pid", "live", "local", "VICTIM", EXIT_CONFIG, "process"),
-    ("2-negative-pid", "live", "local", "-1", EXIT_DATA, "is not a local handle"),
-    ("2-process-group", "live", "local", "-VICTIM", EXIT_DATA, "is not a local handle"),
-    ("2-k8s-all", "live", "k8s", "--all", EXIT_DATA, "is not a k8s handle"),
-    ("2-docker-flag", "live", "docker", "--help", EXIT_DATA, "is not a docker handle"),
-    ("2-wml-injection", "live", "wml", "x; rm -rf /", EXIT_DATA, "is not a wml handle"),
-    ("5-finished-run", "done", "local", "VICTIM", EXIT_CONFIG, "has _SUCCESS"),
-    ("5-traversal-run-id", "../done", "local", "1", EXIT_CONFIG, "RUN_ID='../done'"),
+    # (the attack, run id, backend, handle (VICTIM: the victim's pid), exit, text)
+    ("foreign-pid", "live", "local", "VICTIM", EXIT_CONFIG, "process"),
+    ("negative-pid", "live", "local", "-1", EXIT_DATA, "is not a local handle"),
+    ("process-group", "live", "local", "-VICTIM", EXIT_DATA, "is not a local handle"),
+    ("k8s-all", "live", "k8s", "--all", EXIT_DATA, "is not a k8s handle"),
+    ("docker-flag", "live", "docker", "--help", EXIT_DATA, "is not a docker handle"),
+    ("wml-injection", "live", "wml", "x; rm -rf /", EXIT_DATA, "is not a wml handle"),
+    ("finished-run", "done", "local", "VICTIM", EXIT_CONFIG, "has _SUCCESS"),
+    ("traversal-run-id", "../done", "local", "1", EXIT_CONFIG, "RUN_ID='../done'"),
 ]
 
 
@@ -234,12 +236,12 @@ sys.exit(125)
 """
 
 SUBMIT_CASES = [
-    # (id and finding, extra env, extra args, docker stand-in, exit, text)
-    ("5-finished-run-id", {}, ["--run-id", "done"], RECORDER, EXIT_CONFIG, "has _SUCCESS"),
-    ("6-newline-injection", {"JOB_NAME": "x\nCOS_ENDPOINT=http://evil"}, [], RECORDER,
+    # (the attack, extra env, extra args, docker stand-in, exit, text)
+    ("finished-run-id", {}, ["--run-id", "done"], RECORDER, EXIT_CONFIG, "has _SUCCESS"),
+    ("newline-injection", {"JOB_NAME": "x\nCOS_ENDPOINT=http://evil"}, [], RECORDER,
      EXIT_CONFIG, "JOB_NAME="),
-    ("7-no-daemon", {}, [], DOCKER_DOWN, EXIT_TRANSIENT, "Cannot connect to the Docker daemon"),
-    ("21-image-flag", {}, ["--image=--privileged"], RECORDER, EXIT_CONFIG, "--image="),
+    ("no-daemon", {}, [], DOCKER_DOWN, EXIT_TRANSIENT, "Cannot connect to the Docker daemon"),
+    ("image-flag", {}, ["--image=--privileged"], RECORDER, EXIT_CONFIG, "--image="),
 ]  # fmt: skip
 
 
@@ -258,10 +260,10 @@ def test_submit_refuses_and_records_nothing(case, extra, args, docker, code, tex
     assert digests(out) == before, "a failed submit left a record"
 
 
-def test_5_a_run_owned_by_a_live_process_is_not_submitted_again(out, tmp_path):
-    from job.ownership import Lease
-    from job.publish import RunPublisher
-    from job.store import LocalStore
+def test_a_run_owned_by_a_live_process_is_not_submitted_again(out, tmp_path):
+    from job.runstore.lease import Lease
+    from job.runstore.local import LocalStore
+    from job.runstore.publish import RunPublisher
 
     holder = Lease(RunPublisher(LocalStore(out), "busy"), seconds=60)
     holder.acquire()  # this test process: alive
@@ -273,7 +275,7 @@ def test_5_a_run_owned_by_a_live_process_is_not_submitted_again(out, tmp_path):
     assert digests(out) == before and not (tmp_path / "calls").exists()
 
 
-def test_7_a_failed_record_leaves_no_orphan(tmp_path, mnist_dir):
+def test_a_failed_record_leaves_no_orphan(tmp_path, mnist_dir):
     """The store refuses the submission record (OUTPUT_URI a file): the child just started
     is stopped, and exit 78 names the folder."""
     (tmp_path / "a-file").write_text("x")
@@ -293,7 +295,7 @@ def environ(proc: Path) -> bytes:
 @pytest.mark.parametrize(
     ("args", "named"),
     [(["--run-id", "k1"], "OUTPUT_URI="), (["--overlay", "../../job"], "--overlay=")],
-    ids=["11-a-k8s-run-needs-bucket-uris", "21-overlay-outside-the-manifests"],
+    ids=["a-k8s-run-needs-bucket-uris", "overlay-outside-the-manifests"],
 )
 def test_k8s_submissions_refused_before_kubectl_runs(out, tmp_path, args, named):
     bin_dir = stand_in(tmp_path, "kubectl", RECORDER)
@@ -303,10 +305,10 @@ def test_k8s_submissions_refused_before_kubectl_runs(out, tmp_path, args, named)
     assert not (tmp_path / "calls").exists()
 
 
-def test_3_a_corrupt_lease_is_nobodys(out):
-    from job.ownership import Lease
-    from job.publish import RunPublisher
-    from job.store import LocalStore
+def test_a_corrupt_lease_is_nobodys(out):
+    from job.runstore.lease import Lease
+    from job.runstore.local import LocalStore
+    from job.runstore.publish import RunPublisher
 
     forge(out / "junk", "owner.json", json.dumps({"expires_at": float("inf"), "renewed_at": 0}))
     lease = Lease(RunPublisher(LocalStore(out), "junk"), seconds=60)
@@ -316,7 +318,7 @@ def test_3_a_corrupt_lease_is_nobodys(out):
     assert not (out / "junk" / "owner.json").exists()
 
 
-def test_6_host_paths_stay_on_the_host(out, tmp_path):
+def test_host_paths_stay_on_the_host(out, tmp_path):
     bin_dir = stand_in(tmp_path, "docker", RECORDER)
     (tmp_path / "host.env").write_text("EPOCHS=2\n")
     env = env_for(
@@ -331,14 +333,14 @@ def test_6_host_paths_stay_on_the_host(out, tmp_path):
     assert not {"ENV_FILE", "WORK_DIR", "DATA_URI", "OUTPUT_URI"} & set(forwarded)
 
 
-def test_21_wml_unreachable_is_transient(out, s3_endpoint, bucket, tmp_path, mnist_dir):
+def test_wml_unreachable_is_transient(out, s3_endpoint, bucket, tmp_path, mnist_dir):
     """Found by submit's checks before anything is stored (and without them, by the client)."""
     wml_python = ROOT / ".venv-wml" / "bin" / "python"
     env = env_for(
         out, **cos_env(s3_endpoint), WML_URL="https://127.0.0.1:9", WML_TOKEN="token-123456789",
         WML_SPACE_ID="s1", OUTPUT_URI=f"s3://{bucket}/runs", DATA_URI=f"s3://{bucket}/mnist",
         # the harness lets the real client talk to a host that is not IBM's (tests/test_wml.py)
-        PYTHONPATH=f"{ROOT}:{ROOT / 'tests' / 'wml_harness'}",
+        PYTHONPATH=f"{ROOT}:{ROOT / 'tests' / 'support' / 'wml_harness'}",
     )  # fmt: skip
     from tests.test_storage import upload_slice
 
@@ -357,7 +359,7 @@ def test_21_wml_unreachable_is_transient(out, s3_endpoint, bucket, tmp_path, mni
 
 
 @pytest.mark.slow
-def test_8_wait_notices_a_dead_local_child(tmp_path, mnist_dir):
+def test_wait_notices_a_dead_local_child(tmp_path, mnist_dir):
     """The child exits 78 (WORK_DIR missing) before it writes anything: --wait reports it from
     the process itself instead of waiting out --stall-after (10 minutes here)."""
     env = job_env(
@@ -372,18 +374,18 @@ def test_8_wait_notices_a_dead_local_child(tmp_path, mnist_dir):
     assert "failed on the platform: the job exited with 78" in proc.stdout
 
 
-def test_14_a_heartbeat_from_the_future_does_not_hide_a_stall(out, tmp_path):
+def test_a_heartbeat_from_the_future_does_not_hide_a_stall(out, tmp_path):
     future = {"run_id": "zombie", "state": "running", "updated_at": "2999-01-01T00:00:00Z"}
     forge(out / "zombie", "status.json", json.dumps(future))
     forge(out / "zombie", "submission.json", json.dumps({"backend": "k8s", "handle": "zombie"}))
     args = ["--interval", "0.2", "--stall-after", "1"]
-    proc = run_job("watch", "zombie", *args, env=env_for(out), cwd=tmp_path)
+    proc = cli("watch", "zombie", *args, env=env_for(out), cwd=tmp_path)
     assert proc.returncode == 3 and "stalled" in proc.stdout, proc.stdout + proc.stderr
 
 
-def test_14_an_unknown_run_id_is_not_found(out, tmp_path):
+def test_an_unknown_run_id_is_not_found(out, tmp_path):
     args = ["--interval", "0.2", "--stall-after", "1"]
-    proc = run_job("watch", "no-such-run", *args, env=env_for(out), cwd=tmp_path)
+    proc = cli("watch", "no-such-run", *args, env=env_for(out), cwd=tmp_path)
     assert proc.returncode == 5 and "not found" in proc.stdout, proc.stdout + proc.stderr
 
 
@@ -409,7 +411,7 @@ class StopAfterEpoch(PreemptionGuard):
 @pytest.fixture
 def checkpointed(tmp_path, mnist_dir):
     """A run stopped (as by SIGTERM) after one of three epochs: a checkpoint to resume."""
-    from job.preemption import Preempted
+    from job.errors import Preempted
 
     settings = {**TINY, "EPOCHS": "3", "RUN_ID": "half"}
     guard = StopAfterEpoch(tmp_path / "out" / "half" / "status.json", 1)
@@ -420,9 +422,7 @@ def checkpointed(tmp_path, mnist_dir):
 
 
 @pytest.mark.slow
-def test_10_resume_refuses_other_settings_and_discard_starts_over(
-    checkpointed, tmp_path, mnist_dir
-):
+def test_resume_refuses_other_settings_and_discard_starts_over(checkpointed, tmp_path, mnist_dir):
     with pytest.raises(ConfigError) as err:
         train_in_process(tmp_path, mnist_dir, **{**checkpointed, "EPOCHS": "1", "RECIPE": "fast"})
     assert err.value.exit_code == EXIT_CONFIG
@@ -439,13 +439,13 @@ def test_10_resume_refuses_other_settings_and_discard_starts_over(
 
 
 @pytest.mark.slow
-def test_10_resume_with_the_same_settings_continues(checkpointed, tmp_path, mnist_dir):
+def test_resume_with_the_same_settings_continues(checkpointed, tmp_path, mnist_dir):
     result, _ = train_in_process(tmp_path, mnist_dir, **checkpointed)
     assert result["resumed_from_epoch"] == 1 and result["epochs_completed"] == 3
 
 
 @pytest.mark.slow
-def test_10_a_checkpoint_from_before_a_setting_existed(checkpointed, tmp_path, mnist_dir):
+def test_a_checkpoint_from_before_a_setting_existed(checkpointed, tmp_path, mnist_dir):
     """A checkpoint written before EMA_MOMENTUM existed was trained without an average: it
     resumes where the run asks for none (the seed recipe), and is refused, naming the variable
     and the value assumed for it, where the run asks for one."""
@@ -461,7 +461,7 @@ def test_10_a_checkpoint_from_before_a_setting_existed(checkpointed, tmp_path, m
 
 
 @pytest.mark.slow
-def test_10_a_checkpoint_from_before_a_recipe_default_changed(checkpointed, tmp_path, mnist_dir):
+def test_a_checkpoint_from_before_a_recipe_default_changed(checkpointed, tmp_path, mnist_dir):
     """A recipe's default changed between versions (the fast recipe's peak learning rate went
     from 0.003 to 0.005): the checkpoint recorded the old value, so a rerun on the new default
     is refused naming the variable and the recorded value (never a silent resume at another
@@ -479,7 +479,7 @@ def test_10_a_checkpoint_from_before_a_recipe_default_changed(checkpointed, tmp_
 
 
 @pytest.mark.slow
-def test_11_corrupt_checkpoint_pointer_fails_once_with_a_record(checkpointed, tmp_path, mnist_dir):
+def test_corrupt_checkpoint_pointer_fails_once_with_a_record(checkpointed, tmp_path, mnist_dir):
     run_dir = tmp_path / "out" / "half"
     (run_dir / "checkpoints" / "latest.json").write_text("{garbage")
     with pytest.raises(DataError) as err:
@@ -534,11 +534,11 @@ def huge_header(folder: Path) -> Path:
 
 
 DATA_CASES = [
-    ("15-corrupt-gzip", gz_corrupt, "t10k-images-idx3-ubyte.gz"),
-    ("15-npz-bad-crc", lambda f: npz(f, npz_bad_crc), "mnist.npz"),
-    ("15-npz-truncated", lambda f: npz(f, lambda p: p.write_bytes(b"PK\x03\x04ab")), "mnist.npz"),
-    ("15-npz-empty", lambda f: npz(f, lambda p: p.write_bytes(b"")), "mnist.npz"),
-    ("15-idx-2^31-images", huge_header, "IDX size mismatch"),
+    ("corrupt-gzip", gz_corrupt, "t10k-images-idx3-ubyte.gz"),
+    ("npz-bad-crc", lambda f: npz(f, npz_bad_crc), "mnist.npz"),
+    ("npz-truncated", lambda f: npz(f, lambda p: p.write_bytes(b"PK\x03\x04ab")), "mnist.npz"),
+    ("npz-empty", lambda f: npz(f, lambda p: p.write_bytes(b"")), "mnist.npz"),
+    ("idx-2^31-images", huge_header, "IDX size mismatch"),
 ]  # fmt: skip
 
 
@@ -556,7 +556,7 @@ def test_bad_data_is_a_data_error_naming_the_file(case, damage, text, tmp_path, 
 
 
 @pytest.mark.slow
-def test_12_bucket_data_ignores_subfolders_and_errors_name_the_object(
+def test_bucket_data_ignores_subfolders_and_errors_name_the_object(
     s3_endpoint, bucket, tmp_path, mnist_dir
 ):
     from tests.test_storage import upload_slice
@@ -596,8 +596,8 @@ def model_file(tmp_path: Path, kind: str) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["text", "empty-zip", "png", "bad-config"])
-def test_16_predict_with_a_broken_model_is_a_data_error(kind, tmp_path):
-    from job.predict import predict
+def test_predict_with_a_broken_model_is_a_data_error(kind, tmp_path):
+    from job.training.predict import predict
 
     Image.new("L", (28, 28)).save(tmp_path / "digit.png")
     with pytest.raises(DataError, match=r"m\.keras: not a Keras model") as err:
@@ -605,8 +605,8 @@ def test_16_predict_with_a_broken_model_is_a_data_error(kind, tmp_path):
     assert err.value.exit_code == EXIT_DATA
 
 
-def test_16_predict_refuses_a_decompression_bomb(finished, tmp_path):
-    from job.predict import predict
+def test_predict_refuses_a_decompression_bomb(finished, tmp_path):
+    from job.training.predict import predict
 
     (tmp_path / "bomb.png").write_bytes(png_claiming(20000, 20000))
     with pytest.raises(DataError, match=r"bomb\.png") as err:
@@ -643,7 +643,7 @@ def portal():
     server.shutdown()
 
 
-def test_20_a_captive_portal_is_transient_not_success(portal, tmp_path, mnist_dir):
+def test_a_captive_portal_is_transient_not_success(portal, tmp_path, mnist_dir):
     env = {**cos_env(portal), "OUTPUT_URI": "s3://bucket-1/runs", **TINY}
     with pytest.raises(TransientError, match="not S3") as err:
         train_in_process(tmp_path, mnist_dir, store=None, RUN_ID="portal", **env)
@@ -653,18 +653,18 @@ def test_20_a_captive_portal_is_transient_not_success(portal, tmp_path, mnist_di
 def path_cases(tmp_path: Path) -> list[tuple[str, dict[str, str], str]]:
     (tmp_path / "a-file").write_text("x")
     return [
-        # (id and finding, env (OUTPUT_URI otherwise tmp_path/o), text of the error)
-        ("17-work-dir-missing", {"WORK_DIR": str(tmp_path / "missing")}, "WORK_DIR="),
-        ("17-work-dir-a-file", {"WORK_DIR": str(tmp_path / "a-file")}, "WORK_DIR="),
-        ("17-output-name-too-long", {"OUTPUT_URI": str(tmp_path / ("x" * 300))}, "OUTPUT_URI="),
-        ("17-output-a-file", {"OUTPUT_URI": str(tmp_path / "a-file")}, "OUTPUT_URI="),
-        ("17-output-under-proc", {"OUTPUT_URI": "/proc/mnist-runs"}, "OUTPUT_URI="),
+        # (the attack, env (OUTPUT_URI otherwise tmp_path/o), text of the error)
+        ("work-dir-missing", {"WORK_DIR": str(tmp_path / "missing")}, "WORK_DIR="),
+        ("work-dir-a-file", {"WORK_DIR": str(tmp_path / "a-file")}, "WORK_DIR="),
+        ("output-name-too-long", {"OUTPUT_URI": str(tmp_path / ("x" * 300))}, "OUTPUT_URI="),
+        ("output-a-file", {"OUTPUT_URI": str(tmp_path / "a-file")}, "OUTPUT_URI="),
+        ("output-under-proc", {"OUTPUT_URI": "/proc/mnist-runs"}, "OUTPUT_URI="),
     ]
 
 
 @pytest.mark.parametrize("index", range(5), ids=lambda i: f"case{i}")
-def test_17_path_problems_are_configuration_errors(index, tmp_path, mnist_dir):
-    from job import train
+def test_path_problems_are_configuration_errors(index, tmp_path, mnist_dir):
+    from job.training import train
 
     case, env, text = path_cases(tmp_path)[index]
     base = {"DATA_URI": str(mnist_dir), "OUTPUT_URI": str(tmp_path / "o"), "RUN_ID": "paths"}
@@ -677,17 +677,17 @@ def test_17_path_problems_are_configuration_errors(index, tmp_path, mnist_dir):
 # --- 13, 18, 22: parsing ------------------------------------------------------------------------
 
 PARSE_CASES = [
-    ("13-evaluator-only", {"TF_CONFIG": json.dumps(
+    ("evaluator-only", {"TF_CONFIG": json.dumps(
         {"cluster": {"evaluator": ["e:1"]}, "task": {"type": "evaluator", "index": 0}})},
      "TF_CONFIG"),
-    ("22-index-true", {"TF_CONFIG": json.dumps(
+    ("index-true", {"TF_CONFIG": json.dumps(
         {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": True}})},
      "TF_CONFIG"),
-    ("22-one-char-secret", {"COS_SECRET_ACCESS_KEY": "s"}, "COS_SECRET_ACCESS_KEY"),
-    ("22-underscore-int", {"EPOCHS": "1_0"}, "EPOCHS"),
-    ("22-arabic-indic-digits", {"EPOCHS": "\u0661\u0662"}, "EPOCHS"),
-    ("22-denormal-rate", {"LEARNING_RATE": "1e-320"}, "LEARNING_RATE"),
-    ("22-s3-one-slash", {"OUTPUT_URI": "s3:/b"}, "OUTPUT_URI"),
+    ("one-char-secret", {"COS_SECRET_ACCESS_KEY": "s"}, "COS_SECRET_ACCESS_KEY"),
+    ("underscore-int", {"EPOCHS": "1_0"}, "EPOCHS"),
+    ("arabic-indic-digits", {"EPOCHS": "\u0661\u0662"}, "EPOCHS"),
+    ("denormal-rate", {"LEARNING_RATE": "1e-320"}, "LEARNING_RATE"),
+    ("s3-one-slash", {"OUTPUT_URI": "s3:/b"}, "OUTPUT_URI"),
 ]  # fmt: skip
 
 
@@ -701,15 +701,15 @@ def test_strict_parsing(case, env, variable):
 @pytest.mark.parametrize(
     ("content", "text"),
     [(b"EPOCHS=3\n\xff=x\n", "UTF-8"), (b'EPOCHS="unterminated\n', "line 1")],
-    ids=["18-not-utf8", "18-unterminated-quote"],
+    ids=["not-utf8", "unterminated-quote"],
 )
-def test_18_a_broken_env_file_stops_the_job(content, text, tmp_path):
+def test_a_broken_env_file_stops_the_job(content, text, tmp_path):
     (tmp_path / ".env").write_bytes(content)
-    proc = run_job("config", env=job_env(), cwd=tmp_path)
+    proc = cli("config", env=job_env(), cwd=tmp_path)
     assert proc.returncode == EXIT_CONFIG and text in one_error_line(proc.stderr)
 
 
-def test_22_scrubbing_never_reveals_a_secret():
+def test_scrubbing_never_reveals_a_secret():
     from job import logs
 
     secret = "SECRETsecret-123"
@@ -731,7 +731,7 @@ def wait_for_epoch(status: Path, proc: subprocess.Popen) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("signals", "code"), [([signal.SIGINT], 130), ([signal.SIGTERM] * 20, 143)],
-    ids=["9-sigint-without-a-terminal", "22-burst-of-sigterms"],
+    ids=["sigint-without-a-terminal", "burst-of-sigterms"],
 )  # fmt: skip
 def test_signals_stop_cleanly(signals, code, tmp_path, mnist_dir):
     env = job_env(
@@ -754,12 +754,12 @@ def test_signals_stop_cleanly(signals, code, tmp_path, mnist_dir):
 
 
 @pytest.mark.slow
-def test_3_a_second_process_finds_the_live_owner(out, tmp_path, mnist_dir):
+def test_a_second_process_finds_the_live_owner(out, tmp_path, mnist_dir):
     """A holds the run (a live lease); B with the same RUN_ID exits 75 naming A, writing
     nothing; and a finished run is left alone by everyone."""
-    from job.ownership import Lease, RunOwned
-    from job.publish import RunPublisher
-    from job.store import LocalStore
+    from job.runstore.lease import Lease, RunOwned
+    from job.runstore.local import LocalStore
+    from job.runstore.publish import RunPublisher
 
     store = LocalStore(out)
     holder = Lease(RunPublisher(store, "busy"), seconds=60)
@@ -773,7 +773,7 @@ def test_3_a_second_process_finds_the_live_owner(out, tmp_path, mnist_dir):
 
 
 @pytest.mark.slow
-def test_3_a_zombie_owner_cannot_change_a_run_finished_after_takeover(tmp_path, mnist_dir):
+def test_a_zombie_owner_cannot_change_a_run_finished_after_takeover(tmp_path, mnist_dir):
     """B claims the run and is frozen (SIGSTOP) after loading data, long enough for its lease
     to expire; A takes the run over and publishes it; B wakes up, finds its writes refused,
     and exits 75 without changing one byte of A's run."""
@@ -806,11 +806,13 @@ def test_3_a_zombie_owner_cannot_change_a_run_finished_after_takeover(tmp_path, 
 
 
 @pytest.mark.slow
-def test_3_same_run_id_started_twice_20_rounds(tmp_path, mnist_dir):
-    """Two processes with the same RUN_ID started together, 20 times: one publishes, the other
-    exits 75 (a live owner) or 0 (already finished); the finished run never changes after."""
+def test_same_run_id_started_twice_by_two_processes(tmp_path, mnist_dir):
+    """Two processes with the same RUN_ID started together, 3 times: one publishes, the other
+    exits 75 (a live owner) or 0 (already finished); the finished run never changes after.
+    The fencing itself is raced many more times in one process (test_fencing.py); these rounds
+    prove the processes around it: the exit codes, the error line, no debris."""
     outcomes = []
-    for round_ in range(20):
+    for round_ in range(3):
         out = tmp_path / f"round{round_}"
         env = job_env(RUN_ID="twice", OUTPUT_URI=str(out), DATA_URI=str(mnist_dir), **TINY)
         pair = [start_job("train", env=env, cwd=tmp_path) for _ in range(2)]
@@ -828,18 +830,18 @@ def test_3_same_run_id_started_twice_20_rounds(tmp_path, mnist_dir):
             assert hashlib.sha256((run / entry["path"]).read_bytes()).hexdigest() == entry["sha256"]
         assert json.loads((run / "status.json").read_text())["state"] == "succeeded"
         finished = digests(run)
-        if round_ % 5 == 0:  # and a third start, later, changes nothing
+        if round_ == 0:  # and a third start, later, changes nothing
             again = run_job("train", env=env, cwd=tmp_path)
             assert again.returncode == 0 and digests(run) == finished
         outcomes.append(tuple(codes))
-    assert len(outcomes) == 20
+    assert len(outcomes) == 3
 
 
 # --- 4: a peer that never joins -------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_4_a_peer_that_never_starts_ends_the_chief_with_75(tmp_path, mnist_dir):
+def test_a_peer_that_never_starts_ends_the_chief_with_75(tmp_path, mnist_dir):
     """Worker 0 of two, alone: creating the strategy waits for worker 1 inside native code.
     COLLECTIVE_TIMEOUT bounds that wait; the chief records the failure and exits 75."""
     from tests.test_distribute import free_ports

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from job.errors import EXIT_CONFIG, EXIT_DATA
-from tests.conftest import ROOT, job_env, run_job
-from tests.s3 import ACCESS_KEY, REGION, SECRET_KEY, all_objects, s3_client
+from tests.support.jobs import ROOT, cli, job_env, run_job
+from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY, all_objects, s3_client
 
 OVERLAYS = ["cpu", "gpu", "multiworker"]
 GPU_OVERLAYS = {"gpu", "multiworker"}
@@ -178,7 +178,7 @@ def test_multiworker_is_an_indexed_job_behind_a_headless_service(tmp_path):
     for index in range(spec["completions"]):
         pod_env = container_env(docs, SECRETS, job_name)
         pod_env["JOB_COMPLETION_INDEX"] = str(index)
-        proc = run_job("config", env=job_env(**pod_env), cwd=tmp_path)
+        proc = cli("config", env=job_env(**pod_env), cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         cluster = json.loads(proc.stdout)["distribution"]["cluster"]
         assert cluster == {"spec": {"worker": expected}, "task_type": "worker", "task_index": index}
@@ -260,7 +260,7 @@ def test_dockerfile_passes_hadolint():
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_cpu_request_equals_the_limit_the_job_sizes_its_threads_from(overlay, tmp_path):
-    from job import cpus
+    from job.training import cpus
 
     for spec in job_specs(render(overlay)):
         res = spec["template"]["spec"]["containers"][0]["resources"]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from job import metrics
+from job.training import metrics
 
 
 def test_confusion_and_per_class_by_hand():

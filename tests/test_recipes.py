@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from job import config, precision
+from job import config
 from job.config import RECIPES
 from job.errors import ConfigError
-from job.plan import steps_per_execution
-from tests.conftest import train_in_process
+from job.training import precision
+from job.training.plan import steps_per_execution
+from tests.support.jobs import train_in_process
 
 
 def test_seed_recipe_is_the_notebook():
@@ -38,9 +39,9 @@ def test_fast_is_the_default_and_explicit_values_win():
 def test_seed_recipe_compiles_the_notebook_model(mnist_dir):
     import keras
 
-    from job import data
-    from job.model import build_model, compile_model, learning_rate
-    from job.plan import training_plan
+    from job.training import data
+    from job.training.model import build_model, compile_model, learning_rate
+    from job.training.plan import training_plan
 
     t = config.from_env({"RECIPE": "seed", "TRAIN_LIMIT": "1000", "TEST_LIMIT": "100"}).training
     ds = data.load("mnist", str(mnist_dir)).limited(1000, 100)
@@ -66,7 +67,7 @@ def test_seed_recipe_compiles_the_notebook_model(mnist_dir):
 
 
 def test_warmup_cosine_schedule_peaks_then_ends_at_zero():
-    from job.model import learning_rate
+    from job.training.model import learning_rate
 
     rate = learning_rate(0.003, "warmup_cosine", steps_per_epoch=10, epochs=5, warmup_epochs=1)
     values = [float(rate(step)) for step in (0, 5, 10, 30, 50)]
@@ -80,7 +81,7 @@ def test_warmup_cosine_schedule_peaks_then_ends_at_zero():
     [(0.98, 117, 0.98), (0.98, 10, 0.8), (0.98, 2, 0.0), (0.0, 117, 0.0), (0.999, 4000, 0.999)],
 )
 def test_weight_average_spans_at_most_half_an_epoch(momentum, steps, expected):
-    from job.plan import average_momentum
+    from job.training.plan import average_momentum
 
     assert average_momentum(momentum, steps) == pytest.approx(expected)
 
@@ -89,9 +90,10 @@ POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 def ema_probe(python: str, cwd: Path) -> list[dict]:
-    """tests/ema_probe.py under `python`, from `cwd` (where `job` imports): one dict a policy."""
+    """tests/support/ema_probe.py under `python`, from `cwd` (where `job` imports): one dict
+    a policy."""
     proc = subprocess.run(
-        [python, str(Path(__file__).parent / "ema_probe.py"), *POLICIES],
+        [python, str(Path(__file__).parent / "support" / "ema_probe.py"), *POLICIES],
         cwd=cwd, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -174,7 +176,7 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
 def test_identity_and_shift_transforms():
     import tensorflow as tf
 
-    from job.pipeline import affine_matrix, random_transforms, transform
+    from job.training.pipeline import affine_matrix, random_transforms, transform
 
     rng = np.random.default_rng(0)
     images = tf.constant(rng.random((3, 28, 28, 1), dtype=np.float32))
@@ -194,8 +196,8 @@ def test_identity_and_shift_transforms():
 
 
 def test_training_dataset_drops_the_remainder_and_one_hots(mnist_dir):
-    from job import data
-    from job.pipeline import training_dataset
+    from job.training import data
+    from job.training.pipeline import training_dataset
 
     ds = data.load("mnist", str(mnist_dir)).limited(1000, 10)
     batches = list(training_dataset(ds.x_train, ds.y_train, 300, augment_images=True, seed=1))
@@ -206,10 +208,11 @@ def test_training_dataset_drops_the_remainder_and_one_hots(mnist_dir):
 
 
 def test_pipelines_run_without_autotuning(mnist_dir):
-    """tf.data's autotuning made one epoch in three twice as long on 2 cores (job.pipeline):
+    """tf.data's autotuning made one epoch in three twice as long on 2 cores
+    (job.training.pipeline):
     both pipelines have it off."""
-    from job import data
-    from job.pipeline import eval_dataset, training_dataset
+    from job.training import data
+    from job.training.pipeline import eval_dataset, training_dataset
 
     ds = data.load("mnist", str(mnist_dir)).limited(1000, 10)
     train = training_dataset(ds.x_train, ds.y_train, 300, augment_images=True, seed=1)

@@ -3,7 +3,8 @@
 `make venv-tf214`), which holds TensorFlow and matplotlib and nothing of the job's own
 dependencies.
 
-The zip is built by the real `job.wml.package_zip()`, unpacked, and its exact command is run in
+The zip is built by the real `job.launch.wml.package_zip()`, unpacked, and its exact command is run
+in
 the unpacked folder the way WML runs it: `bash -c COMMAND`, with RESULT_DIR (the results
 bucket, mounted), DATA_DIR (a folder of IDX files, the mounted data reference) and TRAINING_ID
 set, no OUTPUT_URI or DATA_URI, and `python3` on PATH being the runtime's interpreter.
@@ -22,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from job import wml
-from job.digest import sha256_file
-from tests.conftest import ROOT
+from job.launch import wml
+from job.runstore.digest import sha256_file
+from tests.support.jobs import ROOT
 from tests.test_train_e2e import EXPECTED_FILES, METRICS_KEYS
 
 RUNTIME = ROOT / ".venv-tf214"
@@ -77,7 +78,8 @@ def events(stderr: str) -> list[dict]:
 
 
 def test_the_weight_average_is_scored_kept_and_checkpointed_keras_2(model_dir):
-    """Keras 2's path to the optimizer's average (job.compat.averaged_weights), from the zip."""
+    """Keras 2's path to the optimizer's average (job.training.compat.averaged_weights), from the
+    zip."""
     from tests.test_recipes import assert_average_scored_and_kept, ema_probe
 
     results = ema_probe(str(RUNTIME / "bin" / "python3"), model_dir)
@@ -133,7 +135,8 @@ def test_the_zip_trains_publishes_and_serves_on_tensorflow_2_14(model_dir, tmp_p
     assert metrics["data_source"] == str(mnist_dir) and metrics["n_test"] == 1000
     assert metrics["epochs_completed"] == 3 and metrics["params"]["model_params"] == 693_962
     assert metrics["test_accuracy"] > 0.9
-    # Keras 2's path to the weight average (job.compat.averaged_weights): the last epoch scored
+    # Keras 2's path to the weight average (job.training.compat.averaged_weights): the last epoch
+    # scored
     # the average and the run kept it.
     assert metrics["params"]["ema_momentum"] > 0
     assert metrics["history"][-1]["val_accuracy"] == metrics["test_accuracy"]

@@ -10,13 +10,15 @@ import time
 import numpy as np
 import pytest
 
-from job import bucket as bucket_mod
-from job import config, data, layout
-from job.data import idx_bytes
+from job import config
 from job.errors import EXIT_CONFIG, EXIT_PREEMPTED, EXIT_TRANSIENT, ConfigError, TransientError
-from tests.conftest import job_env, run_job, start_job
-from tests.faultproxy import FaultProxy, Faults
-from tests.s3 import ACCESS_KEY, SECRET_KEY, all_objects, cos_env, s3_client
+from job.runstore import layout
+from job.runstore import s3 as bucket_mod
+from job.training import data
+from job.training.data import idx_bytes
+from tests.support.faultproxy import FaultProxy, Faults
+from tests.support.jobs import cli, job_env, run_job, start_job, train_with
+from tests.support.s3 import ACCESS_KEY, SECRET_KEY, all_objects, cos_env, s3_client
 
 
 def store_for(endpoint: str, uri: str, **env: str):
@@ -144,11 +146,9 @@ def test_aws_variables_are_fallbacks():
 @pytest.mark.slow
 def test_train_from_bucket_to_bucket(s3_endpoint, bucket, mnist_slice, tmp_path):
     data_uri = upload_slice(s3_endpoint, bucket, mnist_slice)
-    env = train_env(s3_endpoint, bucket, data_uri, "s3-e2e")
-    proc = run_job("train", env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert f"Results: s3://{bucket}/runs/s3-e2e" in proc.stdout
+    result = train_with(train_env(s3_endpoint, bucket, data_uri, "s3-e2e"))
     metrics = assert_published(s3_endpoint, bucket, "s3-e2e")
+    assert result["run_id"] == metrics["run_id"] == "s3-e2e"
     assert metrics["data_source"] == data_uri and metrics["n_train"] == 3000
     assert metrics["test_accuracy"] > 0.8
     assert not [k for k in all_objects(s3_endpoint, bucket) if "/checkpoints/" in k]
@@ -232,9 +232,7 @@ def test_flaky_storage_still_publishes(s3_endpoint, bucket, mnist_slice, tmp_pat
     data_uri = upload_slice(s3_endpoint, bucket, mnist_slice)
     faults = Faults(every_503=4, every_drop=7, latency_s=0.01)
     with FaultProxy(s3_endpoint, faults) as proxy:
-        env = train_env(proxy.url, bucket, data_uri, "flaky")
-        proc = run_job("train", env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+        train_with(train_env(proxy.url, bucket, data_uri, "flaky"))
     assert faults.counts["503"] > 3 and faults.counts["dropped"] > 2
     assert_published(s3_endpoint, bucket, "flaky")
 
@@ -312,7 +310,7 @@ def test_no_credential_appears_anywhere(s3_endpoint, bucket, mnist_slice, tmp_pa
     data_uri = upload_slice(s3_endpoint, bucket, mnist_slice)
     env = train_env(s3_endpoint, bucket, data_uri, "canary", LOG_LEVEL="info")
     outputs = [run_job("train", env=env, cwd=tmp_path)]
-    outputs.append(run_job("config", env=env, cwd=tmp_path))
+    outputs.append(cli("config", env=env, cwd=tmp_path))
     failing = {**env, "RUN_ID": "canary-fail", "DATA_URI": f"s3://{bucket}/nothing-here"}
     outputs.append(run_job("train", env=failing, cwd=tmp_path))
     assert outputs[0].returncode == 0 and outputs[2].returncode == 65
@@ -334,6 +332,5 @@ def test_wml_result_dir_is_the_default_output(tmp_path, mnist_dir):
         EPOCHS="1",
         RECIPE="seed",
     )
-    proc = run_job("train", env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    train_with(env)  # the platform's names, read as the command line reads them
     assert (tmp_path / "results" / "training-abc123" / "_SUCCESS").is_file()

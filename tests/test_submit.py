@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import job_env, run_job
-from tests.s3 import ACCESS_KEY, SECRET_KEY, all_objects, cos_env
+from job.errors import DataError
+from tests.support.jobs import cli, job_env, run_job, train_with
+from tests.support.s3 import ACCESS_KEY, SECRET_KEY, all_objects, cos_env
 from tests.test_manifests import venv_tool
 from tests.test_storage import upload_slice
 
@@ -26,8 +27,8 @@ WATCH = ["--interval", "0.2"]
 @pytest.fixture
 def contract(s3_endpoint, bucket, mnist_dir):
     """The job's variables for a small real run against the loopback S3 server."""
-    from job import data
-    from job.data import IDX_FILES
+    from job.training import data
+    from job.training.data import IDX_FILES
 
     ds = data.load("mnist", str(mnist_dir)).limited(2000, 500)
     data_uri = upload_slice(s3_endpoint, bucket, {k: getattr(ds, k) for k in IDX_FILES})
@@ -90,7 +91,7 @@ def start_long_local_run(run_id: str, contract: dict, endpoint: str, bucket: str
 def test_watch_reports_a_killed_run_as_stalled(contract, s3_endpoint, bucket, tmp_path):
     submission = start_long_local_run("sub-killed", contract, s3_endpoint, bucket, tmp_path)
     os.kill(int(submission["handle"]), signal.SIGKILL)
-    proc = run_job("watch", "sub-killed", *WATCH, "--stall-after", "4", env=contract, cwd=tmp_path)
+    proc = cli("watch", "sub-killed", *WATCH, "--stall-after", "4", env=contract, cwd=tmp_path)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "stalled: last heartbeat" in proc.stdout
 
@@ -100,7 +101,7 @@ def test_cancel_stops_a_local_run(contract, s3_endpoint, bucket, tmp_path):
     start_long_local_run("sub-cancel", contract, s3_endpoint, bucket, tmp_path)
     cancelled = run_job("cancel", "sub-cancel", env=contract, cwd=tmp_path)
     assert cancelled.returncode == 0 and "stopped local" in cancelled.stdout
-    proc = run_job("watch", "sub-cancel", *WATCH, "--stall-after", "60", env=contract, cwd=tmp_path)
+    proc = cli("watch", "sub-cancel", *WATCH, "--stall-after", "60", env=contract, cwd=tmp_path)
     assert proc.returncode == 4 and "cancelled" in proc.stdout
     for _ in range(100):  # the job itself checkpoints and records `preempted` on SIGTERM
         status = json.loads(all_objects(s3_endpoint, bucket)["runs/sub-cancel/status.json"])
@@ -116,10 +117,11 @@ def test_runs_lists_state_and_accuracy(tmp_path, mnist_dir):
         OUTPUT_URI=str(tmp_path / "out"), DATA_URI=str(mnist_dir), RECIPE="seed",
         TRAIN_LIMIT="500", TEST_LIMIT="100", EPOCHS="1",
     )  # fmt: skip
-    assert run_job("train", env={**env, "RUN_ID": "listed-ok"}, cwd=tmp_path).returncode == 0
+    train_with({**env, "RUN_ID": "listed-ok"})
     bad = {**env, "RUN_ID": "listed-bad", "DATA_URI": str(tmp_path / "missing")}
-    assert run_job("train", env=bad, cwd=tmp_path).returncode == 65
-    proc = run_job("runs", env=env, cwd=tmp_path)
+    with pytest.raises(DataError):  # recorded in the run as its failure, as a process would
+        train_with(bad)
+    proc = cli("runs", env=env, cwd=tmp_path)
     rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()}
     assert rows["listed-ok"][1] == "succeeded" and rows["listed-ok"][5].endswith("%")
     assert rows["listed-bad"][1] == "failed"
@@ -236,5 +238,5 @@ def test_submitter_commands_never_import_tensorflow(tmp_path):
         assert proc.returncode == 0, (args, proc.stderr)
     assert (
         "Exit codes: 0 succeeded, 1 failed, 3 stalled"
-        in run_job("watch", "--help", env=env, cwd=tmp_path).stdout
+        in cli("watch", "--help", env=env, cwd=tmp_path).stdout
     )

@@ -1,4 +1,4 @@
-"""End to end on a real MNIST slice: one run through `job.train.run` in this process, every
+"""End to end on a real MNIST slice: one run through `job.training.train.run` in this process, every
 artifact checked; and the command line once, for its printed result, logs and exit code."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from job import data
-from job.digest import sha256_file
-from tests.conftest import job_env, run_job, train_in_process
+from job.runstore.digest import sha256_file
+from job.training import data
+from tests.support.jobs import cli, job_env, run_job, train_in_process
 
 EXPECTED_FILES = {
     "run.json",
@@ -152,7 +152,7 @@ def digit_pngs(ds: data.Dataset, folder) -> list:
 
 @pytest.mark.slow
 def test_predict_classifies_saved_pngs(trained, tmp_path, mnist_dir):
-    from job.predict import predict
+    from job.training.predict import predict
 
     _, run_dir, _, _ = trained
     ds = data.load("mnist", str(mnist_dir)).limited(1, 12)
@@ -172,7 +172,7 @@ def test_saved_model_takes_raw_uint8_digits_like_predict(trained, tmp_path, mnis
     (n, 28, 28, 1); no scaling on the client. Plain TensorFlow, no Keras code of ours."""
     import tensorflow as tf
 
-    from job.predict import predict
+    from job.training.predict import predict
 
     _, run_dir, _, _ = trained
     ds = data.load("mnist", str(mnist_dir)).limited(1, 50)
@@ -197,7 +197,7 @@ def test_predict_with_a_missing_model_is_a_data_error(tmp_path):
 
 
 def test_config_command_prints_effective_configuration(tmp_path):
-    proc = run_job("config", env=job_env(EPOCHS="5", RUN_ID="cfg"), cwd=tmp_path)
+    proc = cli("config", env=job_env(EPOCHS="5", RUN_ID="cfg"), cwd=tmp_path)
     assert proc.returncode == 0
     shown = json.loads(proc.stdout)
     assert shown["training"]["epochs"] == 5 and shown["run_id"] == "cfg"

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, job_env
-from tests.s3 import all_objects, cos_env
+from tests.support.jobs import ROOT, job_env
+from tests.support.s3 import all_objects, cos_env
 from tests.test_manifests import render
 from tests.test_submit import RECORDER, recorded, stand_in
 
@@ -73,7 +73,8 @@ def test_the_wheel_ships_the_package_and_the_manifests(wheel):
 def test_submit_k8s_from_the_installed_wheel(fresh, tmp_path, s3_endpoint, bucket):
     python = fresh / "bin" / "python"
     where = run(
-        python, "-c", "import job, job.manifests; print(job.__file__); print(job.manifests.root())",
+        python, "-c",
+        "import job, job.launch.k8s; print(job.__file__); print(job.launch.k8s.manifests_root())",
         env=job_env(), cwd=tmp_path,
     ).stdout.split()  # fmt: skip
     assert all(Path(p).is_relative_to(fresh) for p in where), where

@@ -1,5 +1,6 @@
 """The WML backend with the real ibm-watson-machine-learning client (in .venv-wml) against the
-TLS stand-in of the WML REST endpoints (tests/wml_standin.py), and the loopback S3 server."""
+TLS stand-in of the WML REST endpoints (tests/support/wml_standin.py), and the loopback S3
+server."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ import zipfile
 
 import pytest
 
-from tests.conftest import ROOT, job_env, run_job
-from tests.s3 import SECRET_KEY, all_objects, cos_env
+from tests.support.jobs import ROOT, job_env, run_job
+from tests.support.s3 import SECRET_KEY, all_objects, cos_env
+from tests.support.wml_standin import WMLStandIn
 from tests.test_storage import upload_slice
-from tests.wml_standin import WMLStandIn
 
 WML_PYTHON = ROOT / ".venv-wml" / "bin" / "python"
 
@@ -41,7 +42,7 @@ def standin(tmp_path):
 
 @pytest.fixture
 def wml_env(standin, s3_endpoint, bucket, mnist_dir, tmp_path):
-    from job import data
+    from job.training import data
 
     ds = data.load("mnist", str(mnist_dir)).limited(2000, 500)
     data_uri = upload_slice(s3_endpoint, bucket, {k: getattr(ds, k) for k in data.IDX_FILES})
@@ -59,7 +60,7 @@ def wml_env(standin, s3_endpoint, bucket, mnist_dir, tmp_path):
         WML_NODES="1",
         REQUESTS_CA_BUNDLE=str(standin.cert),  # trust the stand-in's certificate, verified
         # The repository (the job package) and the harness's sitecustomize.
-        PYTHONPATH=f"{ROOT}:{ROOT / 'tests' / 'wml_harness'}",
+        PYTHONPATH=f"{ROOT}:{ROOT / 'tests' / 'support' / 'wml_harness'}",
     )
 
 
@@ -108,10 +109,10 @@ def test_submit_stores_the_package_and_starts_the_training(standin, wml_env, tmp
     unpacked = tmp_path / "unzipped"
     zipfile.ZipFile(io.BytesIO(archive)).extractall(unpacked)
     assert (unpacked / "job" / "__main__.py").is_file() and (
-        unpacked / "job" / "train.py"
+        unpacked / "job" / "training" / "train.py"
     ).is_file()
     proc = subprocess.run(
-        [sys.executable, "-c", "import job.train, job.__main__; print(job.__file__)"],
+        [sys.executable, "-c", "import job.training.train, job.__main__; print(job.__file__)"],
         cwd=unpacked, capture_output=True, text=True, check=False,
         env={**job_env(), "PYTHONPATH": str(unpacked)},
     )  # fmt: skip

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from job.digest import sha256_file
-from tests.s3 import all_objects, cos_env
+from job.runstore.digest import sha256_file
+from tests.support.s3 import all_objects, cos_env
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "localhost/mnist-job:image-test"

@@ -1,0 +1,96 @@
+"""Value parsers: each turns a variable's text into its value or raises ConfigError naming the
+variable, the value (a secret's never) and what is allowed. Pure: no environment, no I/O."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+
+from job.errors import ConfigError
+from job.logs import MIN_SECRET_LENGTH, REDACTED
+
+RUN_ID_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+RUN_ID_RULE = "1-63 characters of [a-z0-9-], starting and ending with a letter or digit"
+# Top-level names under OUTPUT_URI that are not runs (job.runstore.layout.MODELS: the champions).
+RESERVED_RUN_IDS = ("models",)
+
+Parser = Callable[[str, str], object]
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def integer(lo: int, hi: int) -> Parser:
+    def parse(name: str, raw: str) -> int:
+        # ASCII digits only: int() would also take "1_0" and other scripts' digits.
+        if not _INT.fullmatch(raw) or not lo <= int(raw) <= hi:
+            raise ConfigError(name, raw, f"an integer from {lo} to {hi}")
+        return int(raw)
+
+    return parse
+
+
+def number(lo: float, hi: float, *, lo_inclusive: bool = True) -> Parser:
+    def parse(name: str, raw: str) -> float:
+        above = "at least" if lo_inclusive else "greater than"
+        rule = f"a number {above} {lo:g} and at most {hi:g}"
+        value = float(raw) if _FLOAT.fullmatch(raw) else math.nan
+        low_ok = value >= lo if lo_inclusive else value > lo
+        if not math.isfinite(value) or not low_ok or value > hi:
+            raise ConfigError(name, raw, rule)
+        return value
+
+    return parse
+
+
+def choice(*options: str) -> Parser:
+    def parse(name: str, raw: str) -> str:
+        value = raw.lower()
+        if value not in options:
+            raise ConfigError(name, raw, "one of " + ", ".join(options))
+        return value
+
+    return parse
+
+
+def pattern(regex: re.Pattern[str], rule: str) -> Parser:
+    def parse(name: str, raw: str) -> str:
+        if not regex.fullmatch(raw):
+            raise ConfigError(name, raw, rule)
+        return raw
+
+    return parse
+
+
+def text(name: str, raw: str) -> str:
+    return raw
+
+
+def secret(name: str, raw: str) -> str:
+    # Never echoed back in an error: only its shape is checked. A very short secret would also
+    # make scrubbing it out of error lines mangle ordinary words.
+    if len(raw) < MIN_SECRET_LENGTH or any(c.isspace() for c in raw):
+        raise ConfigError(name, REDACTED, f"a key of at least {MIN_SECRET_LENGTH} characters")
+    return raw
+
+
+def check_run_id(name: str, raw: str) -> str:
+    if not RUN_ID_RE.fullmatch(raw) or raw in RESERVED_RUN_IDS:
+        raise ConfigError(name, raw, f"{RUN_ID_RULE}, other than {', '.join(RESERVED_RUN_IDS)}")
+    return raw
+
+
+# A model name: like a run id, but `_` allowed too, so a dataset's name (fashion_mnist) is one.
+MODEL_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
+check_model_name = pattern(
+    MODEL_NAME_RE, "1-63 characters of [a-z0-9_-], alphanumeric at both ends"
+)
+dns_label = pattern(RUN_ID_RE, "a DNS label: 1-63 of [a-z0-9-], alphanumeric at both ends")
+endpoint = pattern(
+    re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+(:\d+)?/?"), "an http(s)://host[:port] URL"
+)
+https_url = pattern(
+    re.compile(r"https://[A-Za-z0-9.\-\[\]:]+(:\d+)?(/[\w./-]*)?"), "an https:// URL"
+)
+region = pattern(re.compile(r"[a-z0-9-]{2,40}"), "a region name such as us-south")
+spec_name = pattern(re.compile(r"[A-Za-z0-9_.-]{1,100}"), "a name of [A-Za-z0-9_.-]")

@@ -1,0 +1,71 @@
+"""The local backend: `python -m job train` as a child process of the submitter."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from job.config import Config
+from job.errors import ConfigError
+from job.launch.backend import Options, Started, record
+from job.runstore.store import Store
+
+
+class Local:
+    name = "local"
+
+    def submit(self, cfg: Config, env: dict[str, str], store: Store, opts: Options) -> Started:
+        log = Path(tempfile.gettempdir()) / f"mnist-job-{cfg.run_id}.log"
+        with log.open("ab") as out:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "job", "train"],
+                env={**env, "RUN_ID": cfg.run_id},
+                stdout=out,
+                stderr=out,
+                start_new_session=True,  # outlives the submitter unless --wait
+            )
+        try:
+            record(store, cfg.run_id, "local", str(child.pid), log=str(log))
+        except BaseException:
+            child.terminate()  # no record, no orphan: nothing could cancel or find it
+            child.wait(timeout=60)  # it stops at its first check (job.training.preemption)
+            raise
+        return Started(f"local process {child.pid}, log {log}", lambda: _child_state(child))
+
+    def cancel(self, handle: str, cfg: Config) -> None:
+        if not _our_process(int(handle), cfg.run_id):
+            raise ConfigError(
+                "RUN_ID", cfg.run_id, f"a running local run (process {handle} is not it)"
+            )
+        os.kill(int(handle), signal.SIGTERM)  # the job checkpoints and exits 143
+
+    def status(self, handle: str, cfg: Config):
+        return None  # only the submitting process can ask its child (`Started`)
+
+    def valid_handle(self, handle: str, run_id: str) -> bool:
+        return handle.isascii() and handle.isdigit() and int(handle) > 1
+
+
+def _child_state(child: subprocess.Popen) -> tuple[str, str | None]:
+    """The local backend's view of the run, for `submit --wait`: a child that died without a
+    marker is a failure `watch` reports at once instead of waiting for the stall limit."""
+    code = child.poll()
+    if code is None:
+        return "running", None
+    return ("completed", None) if code == 0 else ("failed", f"the job exited with {code}")
+
+
+def _our_process(pid: int, run_id: str) -> bool:
+    """True when `pid` is a live `python -m job train` of this run, started by us: a PID read
+    from a store may be stale (reused by another process) or hostile."""
+    proc = Path("/proc") / str(pid)
+    try:
+        cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        environ = (proc / "environ").read_bytes().split(b"\0")
+    except OSError:  # gone, or not ours to read
+        return False
+    return b"job" in cmdline and b"train" in cmdline and f"RUN_ID={run_id}".encode() in environ

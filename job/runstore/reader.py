@@ -1,0 +1,151 @@
+"""Reading runs back from the store: the other side of job.runstore.publish, for watch and runs.
+
+Everything read here is untrusted: keys become paths only through
+job.runstore.layout.safe_key, files are hash-checked before they appear in the destination,
+and a corrupt object is an error that names it. Imports nothing heavy: the submitter starts in
+well under a second without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from job.config import RESERVED_RUN_IDS, RUN_ID_RE
+from job.errors import DataError, JobError
+from job.runstore.digest import sha256_bytes
+from job.runstore.layout import (
+    CANCELLED,
+    DOWNLOADED,
+    FAILURE,
+    METRICS,
+    STATUS,
+    SUCCESS,
+    RunFiles,
+    decode_json,
+    safe_key,
+)
+from job.runstore.store import Store
+
+
+class RunReader(RunFiles):
+    def __init__(self, store: Store, run_id: str) -> None:
+        super().__init__(store, run_id)
+        self._status_tag: str | None = None
+        self.status: dict | None = None
+
+    def poll_status(self) -> bool:
+        """Re-read status.json if it changed (cheaply); True when it did."""
+        raw, self._status_tag = self.store.get_if_changed(self.key(STATUS), self._status_tag)
+        if raw is None:
+            return False
+        self.status = checked_status(decode_json(raw, self.where(STATUS)), self.where(STATUS))
+        return True
+
+    def outcome(self) -> str | None:
+        for marker, name in ((SUCCESS, "succeeded"), (FAILURE, "failed"), (CANCELLED, "cancelled")):
+            if self.exists(marker):
+                return name
+        return None
+
+    def heartbeat_age(self, now: datetime | None = None) -> float | None:
+        """Seconds since the run's own `updated_at`; None when there is none or it is not a
+        time (a clock in the future gives a negative age, which callers must not trust)."""
+        updated = (self.status or {}).get("updated_at")
+        try:
+            when = datetime.fromisoformat(str(updated).replace("Z", "+00:00"))
+            return ((now or datetime.now(UTC)) - when).total_seconds()
+        except (TypeError, ValueError):
+            return None
+
+    def manifest(self) -> list[dict]:
+        """The `_SUCCESS` entries, each checked: a safe path, an integer size, a SHA-256."""
+        where = self.where(SUCCESS)
+        record = self.read_json(SUCCESS)
+        if record is None:
+            raise DataError(f"{self.location}: not a finished run (no {SUCCESS})")
+        files = record.get("files")
+        if not isinstance(files, list):
+            raise DataError(f"{where}: no list of files")
+        for entry in files:
+            if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+                raise DataError(f"{where}: an entry without path and sha256")
+            safe_key(entry.get("path"), where)
+        return files
+
+    def download(self, dest: Path) -> dict[str, bytes]:
+        """metrics.json and the images into `dest`, each checked against its `_SUCCESS` hash
+        before it is moved in: nothing lands outside `dest`, no bad file is left behind.
+        Returns what was written, by key, as verified bytes (metrics.json is required)."""
+        dest = dest.resolve()
+        written: dict[str, bytes] = {}
+        entries = self.manifest()
+        if METRICS not in {e["path"] for e in entries}:
+            raise DataError(f"{self.where(SUCCESS)}: does not list {METRICS}")
+        for entry in entries:
+            name = entry["path"]
+            if not name.startswith(DOWNLOADED):
+                continue
+            target = dest.joinpath(*name.split("/"))
+            if not target.is_relative_to(dest):  # safe_key already refused "..": belt and braces
+                raise DataError(f"{self.where(SUCCESS)}: {name!r} leaves {dest}")
+            raw = self.store.get_bytes(self.key(name))
+            if raw is None:
+                raise JobError(f"{self.where(name)} is listed in {SUCCESS} but missing")
+            if sha256_bytes(raw) != entry["sha256"]:
+                raise DataError(f"{self.where(name)}: SHA-256 differs from {SUCCESS}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(raw)
+            os.replace(tmp, target)
+            written[name] = raw
+        return written
+
+
+def checked_status(status: dict, where: str) -> dict:
+    """status.json as readers use it: the fields with the types they expect (DataError if not)."""
+    history = status.get("history", [])
+    fine = (
+        isinstance(status.get("metrics", {}), dict)
+        and isinstance(history, list)
+        and all(isinstance(h, dict) and type(h.get("epoch")) is int for h in history)
+        and all(type(status.get(k, 0)) in (int, type(None)) for k in ("epoch", "epochs"))
+        and isinstance(status.get("updated_at", ""), str)
+    )
+    if not fine:
+        raise DataError(f"{where}: fields of the wrong type (history, metrics, epoch, epochs)")
+    return status
+
+
+def run_row(store: Store, run_id: str) -> dict:
+    reader = RunReader(store, run_id)
+    try:
+        reader.poll_status()
+        status = reader.status or {}
+        state = reader.outcome() or str(status.get("state", "unknown"))
+    except JobError as exc:  # one corrupt run must not hide the others
+        return {"run_id": run_id, "state": "unreadable", "error": str(exc), "updated_at": None}
+    accuracy = (status.get("metrics") or {}).get("test_accuracy")
+    return {
+        "run_id": run_id,
+        "state": state,
+        "epoch": status.get("epoch"),
+        "epochs": status.get("epochs"),
+        "test_accuracy": accuracy if isinstance(accuracy, (int, float)) else None,
+        "updated_at": status.get("updated_at")
+        if isinstance(status.get("updated_at"), str)
+        else None,
+    }
+
+
+def list_runs(store: Store, limit: int = 20) -> list[dict]:
+    """The last `limit` runs by run id (default run ids begin with their UTC start time, a
+    CronJob's runs with their schedule time, so that is newest first), with state and accuracy.
+
+    Cost grows with what is shown, not with what is stored: one delimiter listing of the run
+    folders (a request per 1,000 runs), then a status read and marker checks per run shown."""
+    run_ids = [r for r in store.children() if RUN_ID_RE.fullmatch(r) and r not in RESERVED_RUN_IDS]
+    return [run_row(store, run_id) for run_id in sorted(run_ids, reverse=True)[:limit]]

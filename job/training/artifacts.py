@@ -1,0 +1,28 @@
+"""The run's files, written to local scratch with the layout they get under `<run_id>/`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from job.runstore.layout import IMAGES, METRICS, MODEL_FILE, SAVED_MODEL
+from job.training import compat, images, metrics
+from job.training.data import Dataset
+
+
+def write(folder: Path, model, ds: Dataset, probs: np.ndarray, result: dict) -> Path:
+    """model.keras, a SavedModel for TF Serving / WML deployments, metrics.json, the images."""
+    model_file = folder / MODEL_FILE
+    model_file.parent.mkdir(parents=True)
+    model.save(model_file)
+    compat.export_saved_model(model, str(folder / SAVED_MODEL))
+    (folder / METRICS).write_text(json.dumps(result, indent=2) + "\n")
+    pictures = folder / IMAGES
+    order = metrics.misclassified(probs, ds.y_test)
+    images.misclassified(ds.x_test, ds.y_test, probs, order, pictures / "misclassified.png")
+    images.samples(ds.x_train, ds.y_train, pictures / "samples.png")
+    images.confusion(np.asarray(result["confusion_matrix"]), pictures / "confusion.png")
+    images.history(result["history"], pictures / "history.png")
+    return folder

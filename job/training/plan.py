@@ -1,0 +1,96 @@
+"""What `fit` is given: the notebook's numpy arrays, or the fast recipe's tf.data pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from job.config import Training
+from job.training import pipeline
+from job.training.data import Dataset
+
+
+def prepare(x: np.ndarray, y: np.ndarray, n_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 digits with a channel axis (the model scales them); labels one-hot, as the seed."""
+    return x[..., None], np.eye(n_classes, dtype=np.float32)[y]
+
+
+def steps_per_execution(steps_per_epoch: int, limit: int) -> int:
+    """The largest divisor of the epoch's step count not above `limit`.
+
+    Keras runs whole executions: when this does not divide the epoch it silently runs extra
+    steps (117 became 128 in a probe), which ends a step-based schedule early.
+    """
+    return max(
+        d for d in range(1, max(1, min(limit, steps_per_epoch)) + 1) if steps_per_epoch % d == 0
+    )
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """Batch size and learning rate are global: BATCH_SIZE and LEARNING_RATE are per replica and
+    scale linearly with the number of replicas (the usual rule, with the recipe's warm-up)."""
+
+    replicas: int
+    batch_size: int
+    learning_rate: float
+    steps_per_epoch: int
+    steps_per_execution: int
+    samples_per_epoch: int  # what one epoch trains on (the fast recipe drops the remainder)
+    ema_momentum: float  # 0: no moving average of the weights
+    fit_args: dict
+
+    def params(self) -> dict[str, object]:
+        return {
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "replicas": self.replicas,
+            "steps_per_epoch": self.steps_per_epoch,
+            "steps_per_execution": self.steps_per_execution,
+            "ema_momentum": self.ema_momentum,
+        }
+
+
+def training_plan(
+    training: Training, ds: Dataset, replicas: int = 1, *, multi_worker: bool = False
+) -> TrainingPlan:
+    """What `fit` is given: numpy arrays as in the notebook, or the tf.data pipeline."""
+    n = len(ds.y_train)
+    batch = min(training.batch_size * replicas, n)  # a smoke run smaller than a batch still trains
+    if training.pipeline == "tfdata":
+        train = pipeline.training_dataset(
+            ds.x_train, ds.y_train, batch, augment_images=training.augment, seed=training.seed
+        )
+        fit_args = {
+            "x": train,
+            "validation_data": pipeline.eval_dataset(ds.x_test, ds.y_test),
+            "shuffle": False,  # the pipeline shuffles; Keras would only warn it cannot
+        }
+        steps = n // batch  # the remainder is dropped: every epoch has the same steps
+        samples = steps * batch
+    else:
+        x_train, y_train = prepare(ds.x_train, ds.y_train)
+        fit_args = {
+            "x": x_train,
+            "y": y_train,
+            "batch_size": batch,
+            "validation_data": prepare(ds.x_test, ds.y_test),
+        }
+        steps, samples = -(-n // batch), n
+    # More than one step per execution breaks Keras under a multi-worker strategy
+    # (job.training.compat).
+    limit = 1 if multi_worker and replicas > 1 else training.max_steps_per_execution
+    spe = steps_per_execution(steps, limit)
+    rate = training.learning_rate * replicas
+    ema = average_momentum(training.ema_momentum, steps)
+    return TrainingPlan(replicas, batch, rate, steps, spe, samples, ema, fit_args)
+
+
+def average_momentum(momentum: float, steps_per_epoch: int) -> float:
+    """EMA_MOMENTUM, capped so the average spans at most about half an epoch (1 / (1 - m)
+    steps). The average starts at the initial weights (Keras 2) or the first step's (Keras 3)
+    with no bias correction: at the cap, ~e^-2 (13%) of it is still the start after one epoch
+    (0.98^116, ~10%, for the fast recipe on full MNIST); without the cap a smoke run of a few
+    steps an epoch would keep almost only the start. 0 (off) below 3 steps an epoch."""
+    return round(max(0.0, min(momentum, 1 - 2 / steps_per_epoch)), 6)
