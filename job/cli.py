@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -239,6 +240,7 @@ def _stop_on_failure(results: list) -> None:
 
 
 def cmd_submit(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    _check_watch_options(args)  # before anything starts
     env = config_mod.read_environment()
     if not args.no_check:
         _stop_on_failure(check.for_submitter(cfg, args.backend))
@@ -253,7 +255,19 @@ def cmd_submit(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
 
 def cmd_watch(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    _check_watch_options(args)
     return follow(cfg, args)
+
+
+def _positive(option: str, value: float | None) -> None:
+    """A number of seconds or items an option needs above 0 (NaN and infinity are not)."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ConfigError(option, value, "a finite number above 0")
+
+
+def _check_watch_options(args: argparse.Namespace) -> None:
+    for option in ("interval", "stall_after", "timeout"):
+        _positive(f"--{option.replace('_', '-')}", getattr(args, option))
 
 
 def follow(cfg: config_mod.Config, args: argparse.Namespace, platform_state=None) -> int:
@@ -278,6 +292,7 @@ def follow(cfg: config_mod.Config, args: argparse.Namespace, platform_state=None
 
 
 def cmd_runs(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    _positive("--limit", args.limit)
     for row in list_runs(open_store(cfg.output_uri, cfg.storage), args.limit):
         acc = row.get("test_accuracy")
         shown = f"{100 * acc:.2f}%" if acc is not None else "-"

@@ -106,6 +106,16 @@ def test_dotenv_fills_in_but_process_environment_wins(tmp_path, monkeypatch):
     assert (cfg.training.epochs, cfg.training.batch_size) == (3, 32)
 
 
+def test_dotenv_values_are_taken_as_written_not_interpolated(tmp_path, monkeypatch):
+    """A `${NAME}` in .env stays as written: expanding it would pull any variable of the
+    process (a secret included) into a value that `config` prints and the logs carry."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("OUTPUT_URI=/x/${COS_SECRET_ACCESS_KEY}\nWORK_DIR=$HOME\n")
+    cfg = config.load({"COS_SECRET_ACCESS_KEY": "s3cr3t-value-123", "HOME": "/home/someone"})
+    assert cfg.output_uri == "/x/${COS_SECRET_ACCESS_KEY}" and cfg.work_dir == "$HOME"
+    assert "s3cr3t-value-123" not in json.dumps(cfg.redacted())
+
+
 def test_env_file_names_another_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "prod.env").write_text("EPOCHS=7\n")

@@ -318,6 +318,68 @@ def test_a_corrupt_lease_is_nobodys(out):
     assert not (out / "junk" / "owner.json").exists()
 
 
+@pytest.mark.parametrize(
+    ("renewed", "lasts", "owned"),
+    [(10 * 365 * 86400, 3600, False), (400, 60, False), (200, 60, True), (0, 60, True)],
+    ids=["ten-years-ahead", "beyond-the-clock-skew", "within-the-clock-skew", "now"],
+)
+def test_a_lease_from_the_future_is_nobodys_beyond_the_clock_skew(out, renewed, lasts, owned):
+    """A host clock up to CLOCK_SKEW_SECONDS ahead still owns its run; a record renewed further
+    ahead (a clock run wild, or forged) would block the run for as long as it claims."""
+    from job.runstore.lease import Lease, RunOwned
+    from job.runstore.local import LocalStore
+    from job.runstore.publish import RunPublisher
+
+    now = time.time()
+    record = {"renewed_at": now + renewed, "expires_at": now + renewed + lasts, "host": "far"}
+    forge(out / "ahead", "owner.json", json.dumps(record))
+    lease = Lease(RunPublisher(LocalStore(out), "ahead"), seconds=60)
+    if owned:
+        with pytest.raises(RunOwned):
+            lease.acquire()
+    else:
+        lease.acquire()  # taken over
+        lease.release()
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [(["watch", "any", "--stall-after", "nan"], "--stall-after"),
+     (["watch", "any", "--interval", "0"], "--interval"),
+     (["watch", "any", "--timeout", "inf"], "--timeout"),
+     (["submit", "--backend", "local", "--wait", "--stall-after", "-1"], "--stall-after"),
+     (["runs", "--limit", "-1"], "--limit"),
+     (["runs", "--limit", "0"], "--limit")],
+)  # fmt: skip
+def test_an_option_that_would_never_stall_or_drop_runs_is_refused(out, tmp_path, args, option):
+    """`--stall-after nan` never declared a stall and `runs --limit -1` silently dropped a run:
+    such values are a configuration error naming the option, before anything starts."""
+    proc = cli(*args, env=env_for(out), cwd=tmp_path)
+    assert proc.returncode == EXIT_CONFIG, proc.stderr
+    assert one_error_line(proc.stderr).startswith(f"error: {option}=")
+    assert not list(out.glob("*/submission.json")), "nothing was submitted"
+
+
+def test_forwarded_values_reach_kubernetes_literally(tmp_path, s3_endpoint, bucket):
+    """Kubernetes expands `$(NAME)` in a container's variable from its other variables, the
+    Secret's included: a forwarded value that holds one would put the secret into object keys.
+    The manifest carries it as `$$(`, which Kubernetes reads as a literal `$(`."""
+    import yaml
+
+    from job import config
+    from job.launch.k8s import render_job
+
+    env = {**cos_env(s3_endpoint), "OUTPUT_URI": f"s3://{bucket}/x/$(COS_SECRET_ACCESS_KEY)",
+           "RUN_ID": "literal", "EPOCHS": "3"}  # fmt: skip
+    rendered = render_job(config.from_env(env), env, "cpu", None)
+    (job,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Job"]
+    values = {
+        e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert values["OUTPUT_URI"] == f"s3://{bucket}/x/$$(COS_SECRET_ACCESS_KEY)"
+    assert values["EPOCHS"] == "3"
+
+
 def test_host_paths_stay_on_the_host(out, tmp_path):
     bin_dir = stand_in(tmp_path, "docker", RECORDER)
     (tmp_path / "host.env").write_text("EPOCHS=2\n")

@@ -103,6 +103,16 @@ def test_unreachable_endpoint_is_transient(bucket):
         store.put_bytes("k", b"v")
 
 
+@pytest.mark.parametrize("condition", [{}, {"if_none_match": True}, {"if_match": '"abc"'}])
+def test_a_dropped_connection_is_transient_not_a_bug(s3_endpoint, bucket, condition):
+    """Every connection dropped and no retry left: botocore's ConnectionClosedError carries no
+    response, and a write (conditional or not) must still be exit 75, never 70."""
+    with FaultProxy(s3_endpoint, Faults(every_drop=1)) as proxy:
+        store = store_for(proxy.url, f"s3://{bucket}/x", COS_MAX_ATTEMPTS="1")
+        with pytest.raises(TransientError, match="cannot write"):
+            store.put_bytes("k", b"v", **condition)
+
+
 @pytest.mark.parametrize(
     ("variable", "uri"),
     [

@@ -109,7 +109,9 @@ def read_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]
         if binding.error:
             line = binding.original.line
             raise ConfigError("ENV_FILE", shown, f"a parseable .env file (line {line} is not)")
-    values = dotenv_values(stream=io.StringIO(text))
+    # Values are taken as written: no ${NAME} expansion, which would let a .env line pull any
+    # variable of the process (a secret included) into a value that is printed and logged.
+    values = dotenv_values(stream=io.StringIO(text), interpolate=False)
     from_file = {k: v for k, v in values.items() if v is not None}
     return {**from_file, **environ}
 

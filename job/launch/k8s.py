@@ -61,7 +61,9 @@ def render_job(cfg: Config, env: dict[str, str], overlay: str, image: str | None
         {
             "op": "add",
             "path": "/spec/template/spec/containers/0/env/-",
-            "value": {"name": k, "value": v},
+            # Kubernetes expands $(NAME) in a value from the container's other variables, the
+            # Secret's included; $$( is a literal $( to it.
+            "value": {"name": k, "value": v.replace("$(", "$$(")},
         }
         for k, v in sorted(settings.items())
     ]

@@ -29,6 +29,11 @@ from job.config import MAX_LEASE_SECONDS
 from job.errors import DataError, PreconditionFailed, TransientError
 from job.runstore.layout import OWNER, RunFiles, decode_json, to_json
 
+# How far apart two hosts' clocks may be. A lease renewed later than now plus this, or lasting
+# past now by more than the longest lease plus this, was not written by a sane clock (or was
+# forged): it is nobody's, or it would block the run for as long as it claims.
+CLOCK_SKEW_SECONDS = 300
+
 
 class RunOwned(TransientError):
     """Another live process owns the run (exit 75: retry once it has finished or gone)."""
@@ -153,7 +158,10 @@ class Lease:
         # future (a clock run wild, or a hostile writer) would otherwise block the run for good.
         if not (math.isfinite(expires) and 0 < expires - renewed <= MAX_LEASE_SECONDS):
             return False
-        if expires < time.time():
+        now = time.time()
+        if renewed > now + CLOCK_SKEW_SECONDS:
+            return False
+        if not now <= expires <= now + MAX_LEASE_SECONDS + CLOCK_SKEW_SECONDS:
             return False
         same_machine = all(holder.get(k) == self.me[k] for k in ("host", "boot_id", "pid_ns"))
         if same_machine and isinstance(holder.get("pid"), int):

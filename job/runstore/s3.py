@@ -136,7 +136,8 @@ class S3Store:
                     )
                 except Exception as exc:
                     # If-Match on an object someone deleted: S3 answers 404, not 412.
-                    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+                    # botocore's connection errors carry `response = None`.
+                    code = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code")
                     if if_match and code in MISSING_CODES:
                         raise PreconditionFailed(f"{self._where(key)} is gone (If-Match)") from None
                     raise
