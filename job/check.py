@@ -143,7 +143,6 @@ def peers(cfg: Config) -> str:
 
 def wml_service(cfg: Config) -> str:
     """Credentials, the space and the software/hardware specifications (the submitter's side)."""
-
     try:
         api = wml.client(cfg.wml)
     except ImportError:
@@ -157,7 +156,6 @@ def wml_service(cfg: Config) -> str:
 
 
 def devices(cfg: Config) -> str:
-
     logs.import_tensorflow_quietly(cfg.logging.level)
     import tensorflow as tf
 
@@ -180,7 +178,6 @@ def before_training(cfg: Config, store) -> list[Result]:
 def for_submitter(cfg: Config, backend: str) -> list[Result]:
     """What makes sense from the submitter's machine: the output store, data in a bucket (a
     local DATA_URI is the host's, not the run's), and WML's side for the wml backend."""
-
     results = [run("output", lambda: output_store(cfg))]
     if cfg.data_uri and layout.parse("DATA_URI", cfg.data_uri).is_bucket:
         results.append(run("data", lambda: input_data(cfg, {"mnist": SHA256})))
@@ -190,7 +187,6 @@ def for_submitter(cfg: Config, backend: str) -> list[Result]:
 
 
 def everything(cfg: Config, *, with_devices: bool) -> list[Result]:
-
     results = [
         run("output", lambda: output_store(cfg)),
         run("data", lambda: input_data(cfg, {"mnist": SHA256})),

@@ -139,7 +139,6 @@ def _watch_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-
     fetched = fetch_mnist(args.dest)
     print(f"MNIST {'fetched and verified' if fetched else 'already present'} in {args.dest}")
     return EXIT_OK

@@ -46,20 +46,32 @@ class Started:
 
 
 class Backend(Protocol):
+    """A way to start the job. The backends subclass it, so the two defaults below hold for
+    those that need nothing else."""
+
     name: str
 
     def submit(self, cfg: Config, env: dict[str, str], store: Store, opts: Options) -> Started:
         """Start the run; record it (`record`) only once the backend has accepted it."""
+        ...
 
     def cancel(self, handle: str, cfg: Config) -> None:
         """Ask the backend to stop the run (the job checkpoints and exits 143)."""
+        ...
+
+    def valid_handle(self, handle: str, run_id: str) -> bool:
+        """Whether a handle read back from the store can be this backend's, for this run."""
+        ...
 
     def status(self, handle: str, cfg: Config) -> Callable[[], State] | None:
         """How to ask the backend for the run's state while `watch` follows it; None when
         the store is the only witness."""
+        return None
 
-    def valid_handle(self, handle: str, run_id: str) -> bool:
-        """Whether a handle read back from the store can be this backend's, for this run."""
+    def run_store(self, cfg: Config, store: Store, handle: str) -> Store:
+        """Where the run's own files are: beside its submission record, unless the platform
+        puts them elsewhere."""
+        return store
 
 
 def forwarded(cfg: Config, env: dict[str, str], *, secrets: bool) -> dict[str, str]:

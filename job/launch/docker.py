@@ -9,14 +9,14 @@ from pathlib import Path
 
 from job.config import Config
 from job.errors import ConfigError, JobError
-from job.launch.backend import IMAGE_REF, Options, Started, forwarded, record, run_tool
+from job.launch.backend import IMAGE_REF, Backend, Options, Started, forwarded, record, run_tool
 from job.runstore import layout
 from job.runstore.store import Store
 
 DEFAULT_IMAGE = "mnist-job:gpu"
 
 
-class Docker:
+class Docker(Backend):
     name = "docker"
 
     def submit(self, cfg: Config, env: dict[str, str], store: Store, opts: Options) -> Started:
@@ -43,9 +43,6 @@ class Docker:
 
     def cancel(self, handle: str, cfg: Config) -> None:
         run_tool(["docker", "stop", "--time", "60", handle])
-
-    def status(self, handle: str, cfg: Config):
-        return None
 
     def valid_handle(self, handle: str, run_id: str) -> bool:
         return handle == f"mnist-job-{run_id}"

@@ -15,14 +15,14 @@ from pathlib import Path
 
 from job.config import Config
 from job.errors import ConfigError, JobError
-from job.launch.backend import IMAGE_REF, Options, Started, forwarded, record, run_tool
+from job.launch.backend import IMAGE_REF, Backend, Options, Started, forwarded, record, run_tool
 from job.runstore import layout
 from job.runstore.store import Store
 
 K8S_IMAGE = "icr.io/mnist/mnist-job"  # the name the overlays give the image
 
 
-class Kubernetes:
+class Kubernetes(Backend):
     name = "k8s"
 
     def submit(self, cfg: Config, env: dict[str, str], store: Store, opts: Options) -> Started:
@@ -33,9 +33,6 @@ class Kubernetes:
 
     def cancel(self, handle: str, cfg: Config) -> None:
         run_tool(["kubectl", "delete", "job", handle, "--wait=false"])
-
-    def status(self, handle: str, cfg: Config):
-        return None
 
     def valid_handle(self, handle: str, run_id: str) -> bool:
         return handle == run_id

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from job.config import Config
 from job.errors import ConfigError
-from job.launch.backend import Options, Started, record
+from job.launch.backend import Backend, Options, Started, record
 from job.runstore.store import Store
 
 
-class Local:
+class Local(Backend):
     name = "local"
 
     def submit(self, cfg: Config, env: dict[str, str], store: Store, opts: Options) -> Started:
@@ -42,9 +42,6 @@ class Local:
                 "RUN_ID", cfg.run_id, f"a running local run (process {handle} is not it)"
             )
         os.kill(int(handle), signal.SIGTERM)  # the job checkpoints and exits 143
-
-    def status(self, handle: str, cfg: Config):
-        return None  # only the submitting process can ask its child (`Started`)
 
     def valid_handle(self, handle: str, run_id: str) -> bool:
         return handle.isascii() and handle.isdigit() and int(handle) > 1

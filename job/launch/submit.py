@@ -18,11 +18,10 @@ from job.launch.docker import Docker
 from job.launch.k8s import Kubernetes
 from job.launch.local import Local
 from job.launch.wml import WatsonML
-from job.runstore import layout
 from job.runstore.layout import CANCELLED, SUBMISSION, SUCCESS, RunFiles, to_json
 from job.runstore.lease import Lease, RunOwned
 from job.runstore.publish import now_iso
-from job.runstore.store import Store, open_store
+from job.runstore.store import Store
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (Local(), Docker(), Kubernetes(), WatsonML())}
 
@@ -34,12 +33,11 @@ def submit(cfg: Config, env: dict[str, str], store: Store, backend: str, opts: O
 
 
 def run_store(cfg: Config, store: Store, submitted: dict | None) -> Store:
-    """Where the run's own files are: beside submission.json, except for WML, which puts the
-    job's results under `<OUTPUT_URI>/<training id>/` (job.launch.wml)."""
-    if submitted and submitted.get("backend") == "wml":
-        training = layout.run_uri(cfg.output_uri, submitted["handle"])  # checked: a WML id
-        return open_store(training, cfg.storage)
-    return store
+    """Where the run's own files are, as the backend that started it says (the record was
+    checked by `submission`: a known backend and its handle)."""
+    if not submitted:
+        return store
+    return BACKENDS[submitted["backend"]].run_store(cfg, store, submitted["handle"])
 
 
 def check_new(cfg: Config, store: Store) -> None:

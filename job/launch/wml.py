@@ -26,9 +26,9 @@ from pathlib import Path
 from job import __version__
 from job.config import HYPERPARAMETERS, Config, Storage, Wml, given
 from job.errors import ConfigError, JobError, TransientError
-from job.launch.backend import Options, Started, record
+from job.launch.backend import Backend, Options, Started, record
 from job.runstore import layout
-from job.runstore.store import Store
+from job.runstore.store import Store, open_store
 
 PACKAGE = Path(__file__).resolve().parent.parent  # the `job` package
 # What the job imports beyond WML's TensorFlow runtime (TensorFlow, numpy): pure-Python
@@ -261,7 +261,7 @@ def stop(handle: str, cfg: Config) -> None:
         raise JobError(f"WML did not cancel training {handle}: {result}")
 
 
-class WatsonML:
+class WatsonML(Backend):
     name = "wml"
 
     def submit(self, cfg: Config, env: dict[str, str], store: Store, opts: Options) -> Started:
@@ -277,6 +277,10 @@ class WatsonML:
     def status(self, handle: str, cfg: Config):
         api = client(cfg.wml)  # once per watch: with an API key each client asks IAM
         return lambda: status(api, handle)
+
+    def run_store(self, cfg: Config, store: Store, handle: str) -> Store:
+        """WML puts the job's results under `<OUTPUT_URI>/<training id>/` (RESULT_DIR)."""
+        return open_store(layout.run_uri(cfg.output_uri, handle), cfg.storage)
 
     def valid_handle(self, handle: str, run_id: str) -> bool:
         return re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}", handle) is not None
