@@ -15,6 +15,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -180,6 +181,19 @@ def victim():
     proc.wait()
 
 
+@pytest.fixture
+def impostor(tmp_path):
+    """A Python process whose arguments mention `job` and `train`, with this run's RUN_ID in its
+    environment, that is not `python -m job train`: not ours to signal either."""
+    code = "import time; time.sleep(120)"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "job", "train"], env={**job_env(), "RUN_ID": "live"}
+    )
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
 def submission(out: Path, run_id: str, backend: str, handle: str) -> None:
     forge(out / run_id, "submission.json", json.dumps({"backend": backend, "handle": handle}))
     forge(out / run_id, "status.json", json.dumps({"state": "running"}))
@@ -188,6 +202,7 @@ def submission(out: Path, run_id: str, backend: str, handle: str) -> None:
 CANCEL_CASES = [
     # (the attack, run id, backend, handle (VICTIM: the victim's pid), exit, text)
     ("foreign-pid", "live", "local", "VICTIM", EXIT_CONFIG, "process"),
+    ("job-train-lookalike", "live", "local", "IMPOSTOR", EXIT_CONFIG, "process"),
     ("negative-pid", "live", "local", "-1", EXIT_DATA, "is not a local handle"),
     ("process-group", "live", "local", "-VICTIM", EXIT_DATA, "is not a local handle"),
     ("k8s-all", "live", "k8s", "--all", EXIT_DATA, "is not a k8s handle"),
@@ -204,9 +219,9 @@ CANCEL_CASES = [
     ids=[c[0] for c in CANCEL_CASES],
 )
 def test_cancel_signals_nothing_that_is_not_ours(
-    case, run_id, backend, handle, code, text, out, victim, tmp_path
+    case, run_id, backend, handle, code, text, out, victim, impostor, tmp_path
 ):
-    handle = handle.replace("VICTIM", str(victim.pid))
+    handle = handle.replace("VICTIM", str(victim.pid)).replace("IMPOSTOR", str(impostor.pid))
     if run_id == "done":
         (out / "done" / "submission.json").write_text(
             json.dumps({"backend": backend, "handle": handle})
@@ -220,7 +235,7 @@ def test_cancel_signals_nothing_that_is_not_ours(
     proc = run_job("cancel", run_id, env=env, cwd=tmp_path)
     assert proc.returncode == code, proc.stdout + proc.stderr
     assert text in one_error_line(proc.stderr)
-    assert victim.poll() is None, "the victim was signalled"
+    assert victim.poll() is None and impostor.poll() is None, "a process not ours was signalled"
     assert not (tmp_path / "calls").exists(), "docker/kubectl were called"
     assert digests(out) == before, "cancel changed the store"
 

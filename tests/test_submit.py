@@ -70,6 +70,10 @@ def test_submit_local_wait_follows_every_epoch_and_downloads(
         assert hashlib.sha256((tmp_path / "got" / path).read_bytes()).hexdigest() == listed[path]
     submission = json.loads(objects["runs/sub-local/submission.json"])
     assert submission["backend"] == "local" and int(submission["handle"]) > 0
+    # The child's log: a new file in a new private folder, named by the record.
+    log = Path(submission["log"])
+    assert log.parent.stat().st_mode & 0o777 == 0o700 and log.stat().st_mode & 0o777 == 0o600
+    assert '"event": "run_published"' in log.read_text()
 
 
 def start_long_local_run(run_id: str, contract: dict, endpoint: str, bucket: str, cwd) -> dict:

@@ -19,8 +19,8 @@ class Local(Backend):
     name = "local"
 
     def submit(self, cfg: Config, env: dict[str, str], store: Store, opts: Options) -> Started:
-        log = Path(tempfile.gettempdir()) / f"mnist-job-{cfg.run_id}.log"
-        with log.open("ab") as out:
+        log = private_log(cfg.run_id)
+        with os.fdopen(os.open(log, LOG_FLAGS, 0o600), "ab") as out:
             child = subprocess.Popen(
                 [sys.executable, "-m", "job", "train"],
                 env={**env, "RUN_ID": cfg.run_id},
@@ -47,6 +47,17 @@ class Local(Backend):
         return handle.isascii() and handle.isdigit() and int(handle) > 1
 
 
+# Created, never opened if it exists, never through a link: the child's output may hold
+# anything the job logs, and a predictable path in a shared temp folder could be planted.
+LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+
+
+def private_log(run_id: str) -> Path:
+    """A new file for the child's output in a new folder only this user can enter (0700, an
+    unpredictable name); the submission record names it."""
+    return Path(tempfile.mkdtemp(prefix=f"mnist-job-{run_id}-")) / "train.log"
+
+
 def _child_state(child: subprocess.Popen) -> tuple[str, str | None]:
     """The local backend's view of the run, for `submit --wait`: a child that died without a
     marker is a failure `watch` reports at once instead of waiting for the stall limit."""
@@ -57,12 +68,18 @@ def _child_state(child: subprocess.Popen) -> tuple[str, str | None]:
 
 
 def _our_process(pid: int, run_id: str) -> bool:
-    """True when `pid` is a live `python -m job train` of this run, started by us: a PID read
-    from a store may be stale (reused by another process) or hostile."""
+    """True when `pid` is a live `python -m job train` of this run, as `submit` starts it: a
+    PID read from a store may be stale (reused by another process) or hostile, so the command
+    line must be exactly that (not merely mention `job` and `train`) and RUN_ID this run's."""
     proc = Path("/proc") / str(pid)
     try:
-        cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        cmdline = (proc / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
         environ = (proc / "environ").read_bytes().split(b"\0")
     except OSError:  # gone, or not ours to read
         return False
-    return b"job" in cmdline and b"train" in cmdline and f"RUN_ID={run_id}".encode() in environ
+    python = os.path.basename(cmdline[0]).startswith(b"python")
+    return (
+        python
+        and cmdline[1:] == [b"-m", b"job", b"train"]
+        and (f"RUN_ID={run_id}".encode() in environ)
+    )
