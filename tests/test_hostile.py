@@ -375,6 +375,23 @@ def test_an_option_that_would_never_stall_or_drop_runs_is_refused(out, tmp_path,
     assert not list(out.glob("*/submission.json")), "nothing was submitted"
 
 
+@pytest.mark.parametrize(
+    ("args", "kind"),
+    [(["runs"], "a-file"), (["prune", "--keep", "0"], "a-file"), (["check"], "below-a-file"),
+     (["check"], "proc-self")],
+)  # fmt: skip
+def test_an_output_uri_that_cannot_be_a_store_is_a_configuration_error(tmp_path, args, kind):
+    """A file, or a folder where no file can be made (/proc/self), is a wrong OUTPUT_URI (78):
+    not an empty store (runs and prune said nothing and exited 0) and not a transient fault
+    (75, retried for nothing)."""
+    a_file = tmp_path / "runs"
+    a_file.write_text("not a folder")
+    target = {"a-file": a_file, "below-a-file": a_file / "x", "proc-self": Path("/proc/self")}
+    proc = cli(*args, env=job_env(OUTPUT_URI=str(target[kind])), cwd=tmp_path)
+    assert proc.returncode == EXIT_CONFIG, proc.stdout + proc.stderr
+    assert "OUTPUT_URI=" in (proc.stdout + proc.stderr)
+
+
 def test_forwarded_values_reach_kubernetes_literally(tmp_path, s3_endpoint, bucket):
     """Kubernetes expands `$(NAME)` in a container's variable from its other variables, the
     Secret's included: a forwarded value that holds one would put the secret into object keys.

@@ -56,12 +56,18 @@ class LocalStore:
         # A concurrent delete removes a folder it empties (as a bucket has no empty folders):
         # between our mkdir and our lock the folder can vanish. That is a race, not a wrong
         # OUTPUT_URI: try again.
+        missing: FileNotFoundError | None = None
         for _ in range(5):
             try:
                 return self._write_once(key, data, if_match, if_none_match)
-            except FileNotFoundError:
-                continue
-        raise TransientError(f"cannot write {self._path(key)}: its folder keeps disappearing")
+            except FileNotFoundError as exc:
+                missing = exc
+        path = self._path(key)
+        if path.parent.is_dir() and missing is not None:
+            # The folder is there and still no file can be made in it (/proc/self): the path
+            # is wrong, not busy.
+            raise self._os_error("write", path, missing) from None
+        raise TransientError(f"cannot write {path}: its folder keeps disappearing")
 
     def _write_once(self, key: str, data: bytes, if_match: str | None, if_none_match: bool) -> str:
         target = self._path(key)
@@ -156,9 +162,15 @@ class LocalStore:
             except OSError:
                 break
 
+    def _refuse_a_file_root(self) -> None:
+        """A root that is a file is a wrong OUTPUT_URI, not an empty store."""
+        if self.root.exists() and not self.root.is_dir():
+            raise ConfigError(self.variable, self.uri, "a folder (this is a file)")
+
     def list(self, prefix: str) -> list[str]:
         base = self._path(prefix.rstrip("/")) if prefix else self.root
         try:
+            self._refuse_a_file_root()
             if not base.is_dir():
                 return []
             return sorted(
@@ -173,6 +185,7 @@ class LocalStore:
         """The names of the folders directly under `prefix` (the run ids, at the root)."""
         base = self._path(prefix.rstrip("/")) if prefix else self.root
         try:
+            self._refuse_a_file_root()
             if not base.is_dir():
                 return []
             # A symlinked folder is not a run of this store (prune must never follow one out).
