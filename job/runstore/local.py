@@ -162,37 +162,30 @@ class LocalStore:
             except OSError:
                 break
 
-    def _refuse_a_file_root(self) -> None:
-        """A root that is a file is a wrong OUTPUT_URI, not an empty store."""
-        if self.root.exists() and not self.root.is_dir():
-            raise ConfigError(self.variable, self.uri, "a folder (this is a file)")
-
-    def list(self, prefix: str) -> list[str]:
+    def _listed(self, prefix: str, entries) -> list[str]:
+        """`entries(base)` of the folder at `prefix` (the root when empty), sorted; nothing when
+        the folder does not exist yet. A root that is a file is a wrong OUTPUT_URI, not an
+        empty store."""
         base = self._path(prefix.rstrip("/")) if prefix else self.root
         try:
-            self._refuse_a_file_root()
-            if not base.is_dir():
-                return []
-            return sorted(
-                p.relative_to(self.root).as_posix()
-                for p in base.rglob("*")
-                if p.is_file() and not p.name.startswith(".")  # a write in progress
-            )
+            if self.root.exists() and not self.root.is_dir():
+                raise ConfigError(self.variable, self.uri, "a folder (this is a file)")
+            return sorted(entries(base)) if base.is_dir() else []
         except OSError as exc:
             raise self._os_error("list", base, exc) from None
+
+    def list(self, prefix: str) -> list[str]:
+        return self._listed(prefix, lambda base: (
+            p.relative_to(self.root).as_posix()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.startswith(".")  # a write in progress
+        ))  # fmt: skip
 
     def children(self, prefix: str = "") -> list[str]:
         """The names of the folders directly under `prefix` (the run ids, at the root)."""
-        base = self._path(prefix.rstrip("/")) if prefix else self.root
-        try:
-            self._refuse_a_file_root()
-            if not base.is_dir():
-                return []
-            # A symlinked folder is not a run of this store (prune must never follow one out).
-            return sorted(
-                p.name
-                for p in base.iterdir()
-                if p.is_dir() and not p.is_symlink() and p.name[:1] != "."
-            )
-        except OSError as exc:
-            raise self._os_error("list", base, exc) from None
+        # A symlinked folder is not a run of this store (prune must never follow one out).
+        return self._listed(prefix, lambda base: (
+            p.name
+            for p in base.iterdir()
+            if p.is_dir() and not p.is_symlink() and p.name[:1] != "."
+        ))  # fmt: skip

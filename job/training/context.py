@@ -45,9 +45,10 @@ class RunContext:
         self.create_strategy = create_strategy
         self.watchdog: Watchdog | None = None
         self.guard = guard or PreemptionGuard()
-        self.run = RunLifecycle(config, store or open_store(config.output_uri, config.storage))
         self.history = History()
-        self.run.epochs_done = lambda: len(self.history)
+        self.run = RunLifecycle(
+            config, store or open_store(config.output_uri, config.storage), self.history
+        )
         self.log = self.run.log
         self._stack = contextlib.ExitStack()
 

@@ -25,6 +25,7 @@ from job.runstore.lease import Lease
 from job.runstore.local import LocalStore
 from job.runstore.publish import RunPublisher, now_iso
 from job.runstore.store import Store
+from job.training.callbacks import History
 
 
 def run_record(config: Config) -> dict:
@@ -49,7 +50,7 @@ def run_record(config: Config) -> dict:
 
 
 class RunLifecycle:
-    def __init__(self, config: Config, store: Store) -> None:
+    def __init__(self, config: Config, store: Store, history: History) -> None:
         self.config = config
         self.shared = RunPublisher(store, config.run_id)
         self.publisher = self.shared  # what this process writes to: see `publish_to_scratch`
@@ -59,7 +60,7 @@ class RunLifecycle:
         self._final: dict = {}  # status.json's fields once published
         self._end = threading.Lock()
         self._ended = False
-        self.epochs_done = lambda: 0  # how far training got, for the end record
+        self.history = history  # how far training got, for the end record
 
     def already_finished(self) -> bool:
         """Whether the run has `_SUCCESS` (then nothing of it changes again)."""
@@ -143,7 +144,7 @@ class RunLifecycle:
             try:
                 if self.lease is not None:
                     self.lease.verify()
-                epoch = self.epochs_done()
+                epoch = len(self.history)
                 if state == "failed":
                     self.publisher.fail(reason, epoch=epoch, last_log=logs.recent())
                 else:
