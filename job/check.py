@@ -10,6 +10,7 @@ TensorFlow, and `submit` runs `for_submitter` before it launches anything.
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import shutil
 import socket
@@ -63,13 +64,18 @@ def _since(started: float) -> float:
 def output_store(cfg: Config, store=None) -> str:
     """Reachable, the bucket exists, the keys work: a probe object written, read back and
     deleted at OUTPUT_URI's top (permissions, not only existence). Not inside a run folder:
-    a finished or live-owned run is never touched, and no run folder is created or emptied."""
+    a finished or live-owned run is never touched, and no run folder is created or emptied.
+    A local folder that does not exist yet is not created: the folder it would be made in
+    must let this job make it."""
+    location = layout.parse("OUTPUT_URI", cfg.output_uri)
+    if store is None and not location.is_bucket and not os.path.lexists(location.path):
+        return _creatable(cfg.output_uri, Path(os.path.abspath(location.path)))
     store = store or open_store(cfg.output_uri, cfg.storage)
     key = f"{layout.CHECK_PROBE}-{secrets.token_hex(6)}"
     payload = secrets.token_bytes(32)
     store.put_bytes(key, payload)
     try:
-        echoed = store.get_bytes(key)
+        echoed = store.get_bytes(key, limit=len(payload))
     except JobError:
         with contextlib.suppress(JobError):  # the read's error is the one to report
             store.delete(key)
@@ -80,6 +86,13 @@ def output_store(cfg: Config, store=None) -> str:
     if store.exists(key):
         raise ConfigError("OUTPUT_URI", cfg.output_uri, "a store where a delete takes effect")
     return f"{cfg.output_uri}: write, read and delete work"
+
+
+def _creatable(uri: str, path: Path) -> str:
+    parent = next(p for p in path.parents if os.path.lexists(p))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError("OUTPUT_URI", uri, f"a folder this job can create (in {parent})")
+    return f"{uri}: does not exist yet; train creates it in {parent}"
 
 
 def input_data(cfg: Config, known: dict[str, dict[str, str]]) -> str:

@@ -27,14 +27,15 @@ from job.errors import EXIT_OK, ConfigError, DataError, JobError, report
 from job.launch import submit
 from job.launch.backend import Options
 from job.launch.docker import DEFAULT_IMAGE
-from job.launch.watch import printable, watch
+from job.launch.watch import watch
+from job.logs import printable
 from job.runstore import champion, layout
 from job.runstore.prune import prune
 from job.runstore.reader import RunReader, list_runs
 from job.runstore.store import open_store
 from job.training import cpus, precision
 from job.training.fetch import fetch_mnist
-from job.training.preemption import PreemptionGuard
+from job.training.preemption import PreemptionGuard, StopNow
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -162,7 +163,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     except JobError as exc:
         results = [check.Result("config", False, str(exc), exc.exit_code)]
     else:
-        logs.configure(cfg.logging.format, cfg.logging.level, secrets=cfg.secrets())
+        _log_setup(cfg)
         config_row = check.Result("config", True, f"valid; run id {cfg.run_id}")
         results = [config_row, *check.everything(cfg, with_devices=args.devices)]
     for r in results:
@@ -190,14 +191,26 @@ def configured(args: argparse.Namespace) -> config_mod.Config:
     if run_id:
         cfg = config_mod.with_run_id(cfg, run_id)
     layout.check(cfg)
-    logs.configure(cfg.logging.format, cfg.logging.level, secrets=cfg.secrets())
+    _log_setup(cfg)
     logs.bind_run(cfg.run_id)
     return cfg
 
 
+def _log_setup(cfg: config_mod.Config) -> None:
+    """Logging as configured, and the one warning a short secret gets."""
+    logs.configure(cfg.logging.format, cfg.logging.level, secrets=cfg.secrets())
+    for name in cfg.short_secrets():
+        logs.get("job.config").warning(
+            "short_secret", variable=name,
+            note=f"under {logs.MIN_SECRET_LENGTH} characters: scrubbed from output only as a "
+            "whole word; fine for a development server, weak anywhere else",
+        )  # fmt: skip
+
+
 def cmd_train(cfg: config_mod.Config, args: argparse.Namespace) -> int:
-    # Signals are only recorded from here on; the store is opened (and a wrong bucket found)
-    # before TensorFlow is loaded.
+    # From here until training begins a stop request ends the process at once; then it is
+    # recorded and honoured at the next batch (job.training.preemption). The store is opened
+    # (and a wrong bucket found) before TensorFlow is loaded.
     guard = PreemptionGuard()
     guard.install()
     store = open_store(cfg.output_uri, cfg.storage)
@@ -296,8 +309,9 @@ def cmd_runs(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         acc = row.get("test_accuracy")
         shown = f"{100 * acc:.2f}%" if acc is not None else "-"
         epochs = f"{row.get('epoch') or 0}/{row.get('epochs') or '?'}"
-        print(f"{row['run_id']:40s} {row['state']:10s} epoch {epochs:8s} accuracy {shown:8s} "
-              f"{row['updated_at'] or row.get('error', '')}")  # fmt: skip
+        note = _shown(row["updated_at"] or row.get("error", ""), 300)
+        print(f"{_shown(row['run_id'], 40):40s} {_shown(row['state'], 10):10s} epoch "
+              f"{epochs:8s} accuracy {shown:8s} {note}")  # fmt: skip
     return EXIT_OK
 
 
@@ -313,8 +327,7 @@ def cmd_prune(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(cfg: config_mod.Config, args: argparse.Namespace) -> int:
-    stopped = submit.cancel(open_store(cfg.output_uri, cfg.storage), cfg)
-    print(f"Cancelled {cfg.run_id}: stopped {stopped}")
+    print(submit.cancel(open_store(cfg.output_uri, cfg.storage), cfg))
     return EXIT_OK
 
 
@@ -403,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.with_config:
             return args.func(configured(args), args)
         return args.func(args)
+    except StopNow as stop:  # a stop request during train's setup (job.training.preemption)
+        return report(stop.preempted, _secrets())
     except Exception as exc:
         if debug:
             traceback.print_exc()

@@ -10,6 +10,7 @@ end a process whose main thread may be stuck (the multi-worker watchdog).
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -20,6 +21,7 @@ EXIT_OK = 0
 EXIT_USAGE = 2  # argparse: a command line it cannot parse
 EXIT_DATA = 65  # EX_DATAERR: input data missing, corrupt or inconsistent
 EXIT_SOFTWARE = 70  # EX_SOFTWARE: a bug in the job, nothing else
+EXIT_OUT_OF_MEMORY = 71  # EX_OSERR: out of memory (host or accelerator); same settings, same end
 EXIT_TRANSIENT = 75  # EX_TEMPFAIL: storage/network trouble; retrying may help
 EXIT_CONFIG = 78  # EX_CONFIG: bad configuration; retrying will not help
 EXIT_PREEMPTED = 128 + signal.SIGTERM  # 143, after the checkpoint is safe
@@ -70,14 +72,41 @@ class Preempted(JobError):
     def __init__(self, signame: str) -> None:
         self.signame = signame
         self.exit_code = 128 + signal.Signals[signame].value
-        super().__init__(f"stopped by {signame}; the last checkpoint is saved, rerun to resume")
+        super().__init__(
+            f"stopped by {signame}; rerun to resume (from the last checkpoint, if any)"
+        )
+
+
+# OS errors that are the machine's or the network's trouble of the moment: retrying may help.
+TRANSIENT_ERRNOS = {
+    errno.ENOSPC, errno.EIO, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED,
+    errno.ECONNABORTED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EPIPE, errno.EAGAIN,
+}  # fmt: skip
+# Libraries whose exceptions are, when they escape the code that should have translated them,
+# a network fault (connection dropped, endpoint unreachable, timeout), never a bug in the job.
+NETWORK_MODULES = ("botocore", "urllib3", "requests", "http", "ssl", "socket")
 
 
 def classify(exc: BaseException) -> tuple[str, int]:
-    """The message and exit code of an exception: its own for a JobError, else a bug (70)."""
+    """The message and exit code of an exception: its own for a JobError. The parts translate
+    what they call into JobErrors where it arises; this is the last net, so that 70 means a
+    bug and nothing else: out of memory is 71, a network or disk fault of the moment 75."""
     if isinstance(exc, JobError):
         return str(exc), exc.exit_code
-    return f"unexpected {type(exc).__name__}: {exc}", EXIT_SOFTWARE
+    name = type(exc).__name__
+    if isinstance(exc, MemoryError) or name == "ResourceExhaustedError":  # TensorFlow's OOM
+        return (
+            f"out of memory ({name}): lower BATCH_SIZE or TRAIN_LIMIT, or give the job more "
+            "memory", EXIT_OUT_OF_MEMORY,
+        )  # fmt: skip
+    if isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror or name}{where}; retrying may help", EXIT_TRANSIENT
+    if type(exc).__module__.split(".")[0] in NETWORK_MODULES or isinstance(
+        exc, (ConnectionError, TimeoutError)
+    ):
+        return f"network trouble: {name}: {exc}", EXIT_TRANSIENT
+    return f"unexpected {name}: {exc}", EXIT_SOFTWARE
 
 
 def report(exc: BaseException, secrets: list[str]) -> int:

@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 from collections import deque
 from collections.abc import Iterator
@@ -34,24 +35,33 @@ def use_json(log_format: str, stream=None) -> bool:
 # The last events, for the reason written into _FAILURE.
 _recent: deque[str] = deque(maxlen=20)
 REDACTED = "***"
-# Secrets shorter than this are refused (job.config.parsers): scrubbing a short one would
-# rewrite ordinary words.
+# A secret at least this long is scrubbed wherever it appears; a shorter one (a development
+# server's `test`) only where it stands as a whole token, or a one-character secret would
+# garble every line. Shorter secrets are accepted with a warning (job.cli).
 MIN_SECRET_LENGTH = 8
 
 
 def scrub(text: str, secrets: list[str]) -> str:
-    """`text` with every secret value replaced by ***. Secrets are at least MIN_SECRET_LENGTH
-    characters, so this never rewrites ordinary words; longest first, so a secret that
+    """`text` with every secret value replaced by ***; longest first, so a secret that
     contains another is replaced whole."""
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= MIN_SECRET_LENGTH:  # never mangle words
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if len(secret) >= MIN_SECRET_LENGTH:
             text = text.replace(secret, REDACTED)
+        elif secret:
+            text = re.sub(rf"(?<!\w){re.escape(secret)}(?!\w)", REDACTED, text)
     return text
+
+
+def printable(value: object, width: int) -> str:
+    """Text read from a store or a platform, fit for a terminal: no escape sequence, no line
+    break (a reason holding CR/LF could print a fake result line), cut to `width`. Every
+    string shown from a store goes through here."""
+    return "".join(c if c.isprintable() else "?" for c in str(value)[: width * 2])[:width]
 
 
 def error_line(message: str, secrets: list[str]) -> str:
     """The one line an error ends the process with, whatever the exception's text held."""
-    return "error: " + scrub(" ".join(message.split()), secrets)
+    return "error: " + printable(scrub(" ".join(message.split()), secrets), 2000)
 
 
 def _scrubber(secrets: list[str]):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import secrets
+import time
 
 import pytest
 
@@ -105,7 +106,7 @@ def test_hostile_records_do_not_reach_the_history(store):
     finish_run(store, "a", 0.99)
     finish_run(store, "b", 0.98)
     promote(store, "a")
-    record = json.loads(store.get_bytes(layout.champion_key("mnist")))
+    record = json.loads(store.get_bytes(layout.champion_key("mnist"), limit=2**20))
     # A last decision that disagrees with the record's count, with an escape sequence in it.
     record["last_decision"] = {"sequence": 7, "run_id": "c", "reason": "\x1b[31mowned"}
     store.put_bytes(layout.champion_key("mnist"), layout.to_json(record))
@@ -299,7 +300,8 @@ def test_prune_keeps_the_newest_champions_and_unfinished_runs(store, s3_endpoint
     store.put_bytes("run-1b/_FAILURE", b"{}")
     store.delete("run-1b/_SUCCESS")
     store.put_bytes("run-1b/status.json", json.dumps(old).encode())
-    store.put_bytes("run-1b/owner.json", b'{"expires_at": 1}')
+    live = {"expires_at": time.time() + 600, "renewed_at": time.time(), "host": "elsewhere"}
+    store.put_bytes("run-1b/owner.json", json.dumps(live).encode())
     # A folder under models/ that no MODEL_NAME can name, holding junk: not read, no error.
     store.put_bytes("models/Not A Model/champion.json", b"junk")
     env = job_env(**cos_env(s3_endpoint), OUTPUT_URI=f"s3://{bucket}/runs")

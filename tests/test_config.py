@@ -73,7 +73,7 @@ def test_empty_values_count_as_unset():
         ({"LEARNING_RATE": "1e-320"}, "LEARNING_RATE"),
         ({"LEARNING_RATE": "0x1p-3"}, "LEARNING_RATE"),
         ({"JOB_NAME": "x\nCOS_ENDPOINT=http://evil"}, "JOB_NAME"),
-        ({"COS_ACCESS_KEY_ID": "s"}, "COS_ACCESS_KEY_ID"),
+        ({"COS_ACCESS_KEY_ID": "key id"}, "COS_ACCESS_KEY_ID"),
         ({"WML_URL": "http://plain"}, "WML_URL"),
         ({"WML_NODES": "0"}, "WML_NODES"),
     ],

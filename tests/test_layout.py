@@ -8,7 +8,7 @@ import pytest
 
 from job import config
 from job.errors import ConfigError, DataError
-from job.runstore import layout
+from job.runstore import layout, objects
 from tests.support.jobs import ROOT
 
 KEY_NAMES = (
@@ -93,9 +93,9 @@ def test_safe_keys_pass():
 
 def test_corrupt_json_names_the_object():
     with pytest.raises(DataError, match=r"s3://b/r/status\.json: not valid JSON"):
-        layout.decode_json(b"{not json", "s3://b/r/status.json")
+        objects.decode(b"{not json", objects.STATUS, "s3://b/r/status.json")
     with pytest.raises(DataError, match="not a JSON object"):
-        layout.decode_json(b"[1, 2]", "x")
+        objects.decode(b"[1, 2]", objects.STATUS, "x")
 
 
 def test_a_bucket_needs_keys_a_folder_does_not():

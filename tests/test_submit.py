@@ -218,18 +218,27 @@ def test_k8s_backend_applies_the_rendered_job(contract, s3_endpoint, bucket, tmp
     )  # fmt: skip
     assert check.returncode == 0, check.stdout
     docs = [d for d in yaml.safe_load_all(call["stdin"]) if d]
-    assert {d["kind"] for d in docs} == {"ConfigMap", "Job"}
+    assert {d["kind"] for d in docs} == {"ConfigMap", "Job", "NetworkPolicy"}
     (job,) = [d for d in docs if d["kind"] == "Job"]
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert job["metadata"]["name"] == "sub-k8s" and container["image"] == "reg.example/mnist:2.0"
     env_vars = {e["name"]: e for e in container["env"]}
     assert env_vars["EPOCHS"]["value"] == "3" and env_vars["RECIPE"]["value"] == "seed"
     assert env_vars["OUTPUT_URI"]["value"] == f"s3://{bucket}/runs"
-    assert "secretKeyRef" in env_vars["COS_SECRET_ACCESS_KEY"]["valueFrom"]
+    # The keys come as files from the mounted Secret (*_FILE), never as values in the env.
+    assert "COS_SECRET_ACCESS_KEY" not in env_vars
+    assert env_vars["COS_SECRET_ACCESS_KEY_FILE"]["value"].startswith("/var/run/secrets/")
     assert SECRET_KEY not in call["stdin"] and ACCESS_KEY not in call["stdin"]
 
     assert run_job("cancel", "sub-k8s", env=env, cwd=tmp_path).returncode == 0
-    assert recorded(tmp_path / "calls")[-1]["argv"] == ["delete", "job", "sub-k8s", "--wait=false"]
+    assert recorded(tmp_path / "calls")[-1]["argv"] == [
+        "delete",
+        "job",
+        "sub-k8s",
+        "--namespace",
+        "mnist-job",
+        "--wait=false",
+    ]
 
 
 def test_submitter_commands_never_import_tensorflow(tmp_path):

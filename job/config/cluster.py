@@ -47,7 +47,7 @@ def parse_tf_config(raw: str) -> Cluster:
 
     try:
         data = json.loads(raw)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise bad("not valid JSON") from None
     if not isinstance(data, dict) or not isinstance(data.get("cluster"), dict):
         raise bad("no cluster object")

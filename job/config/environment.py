@@ -1,13 +1,15 @@
 """Reading the configuration at the edge: the process environment over `.env` (or ENV_FILE),
-platform names resolved (WML's TRAINING_ID, DATA_DIR, RESULT_DIR; AWS's for COS), every value
-parsed by its declaration, one frozen Config out. Precedence: explicit variables > platform
-variables > defaults; a `.env` fills in what the process environment does not set."""
+secrets given as files (`<NAME>_FILE`) read in, platform names resolved (WML's TRAINING_ID,
+DATA_DIR, RESULT_DIR; AWS's for COS), every value parsed by its declaration, one frozen Config
+out. Precedence: explicit variables > platform variables > defaults; a `.env` fills in what the
+process environment does not set."""
 
 from __future__ import annotations
 
 import io
 import os
 import secrets
+import stat
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -25,11 +27,17 @@ from job.config.sections import (
     Training,
     Wml,
 )
-from job.config.settings import VARIABLES, default
+from job.config.settings import BY_NAME, SECRET_NAMES, VARIABLES, default
 from job.errors import ConfigError
 from job.logs import REDACTED
 
 _T, _S = "training", "storage"
+# A secret may be given as the path of a file holding it (`COS_SECRET_ACCESS_KEY_FILE`), the
+# convention of Docker and Kubernetes secrets mounted as files, for every name a secret is read
+# under (SECRET_NAMES: the table's secret variables and their fallbacks).
+FILE_SUFFIX = "_FILE"
+# Keys and tokens are short; a bigger file is the wrong file, not a secret.
+MAX_SECRET_FILE_BYTES = 64 * 1024
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -56,7 +64,8 @@ def given(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def from_env(env: Mapping[str, str]) -> Config:
-    """Build and validate the configuration from a mapping of variables (pure)."""
+    """Build and validate the configuration from a mapping of variables (pure: `<NAME>_FILE`
+    secrets are read by `read_environment`, at the edge, not here)."""
     values = given(env)
     sections: dict[str, dict[str, object]] = {}
     for var in VARIABLES:
@@ -87,7 +96,8 @@ def with_run_id(cfg: Config, run_id: str) -> Config:
 
 
 def read_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The process environment merged over `.env` (or ENV_FILE); the process always wins."""
+    """The process environment merged over `.env` (or ENV_FILE), the process always winning,
+    with the secrets given as files read in (`secrets_from_files`)."""
     environ = dict(os.environ if environ is None else environ)
     from dotenv import dotenv_values
     from dotenv.parser import parse_stream
@@ -97,7 +107,7 @@ def read_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]
     if not path.is_file():
         if named:
             raise ConfigError("ENV_FILE", named, "the path of a readable .env file")
-        return environ
+        return secrets_from_files(environ)
     shown = named or str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -113,7 +123,68 @@ def read_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]
     # variable of the process (a secret included) into a value that is printed and logged.
     values = dotenv_values(stream=io.StringIO(text), interpolate=False)
     from_file = {k: v for k, v in values.items() if v is not None}
-    return {**from_file, **environ}
+    return secrets_from_files({**from_file, **environ})
+
+
+def secrets_from_files(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` with each secret given as `<NAME>_FILE` replaced by `<NAME>` holding the file's
+    content, checked by NAME's own parser; `<NAME>` and `<NAME>_FILE` together are refused.
+    Empty values count as unset, as everywhere."""
+    out = dict(env)
+    for name in sorted(SECRET_NAMES):
+        pointer = name + FILE_SUFFIX
+        path = out.pop(pointer, "").strip()
+        if not path:
+            continue
+        if out.get(name, "").strip():
+            raise ConfigError(pointer, path, f"unset when {name} is set (give one of the two)")
+        value = _read_secret_file(pointer, path)
+        try:
+            # The same checks as the variable itself, but the error names the file's variable:
+            # that is the one the operator set.
+            (var_name, checked), *_ = given({name: value}).items()
+            BY_NAME[var_name].parse(var_name, checked)
+        except ConfigError as exc:
+            raise ConfigError(pointer, path, f"a file holding {exc.expected}") from None
+        out[name] = value
+    return out
+
+
+def _read_secret_file(variable: str, path: str) -> str:
+    """The content of a secret's file, without its trailing newline: one open, checked on the
+    open descriptor (no race with a swapped file), one bounded read. Symbolic links are
+    followed: Kubernetes mounts each key of a Secret volume as a link into a timestamped
+    folder. The content never appears in an error."""
+    try:
+        # O_NONBLOCK: opening a FIFO would otherwise wait for a writer forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ConfigError(variable, path, f"a readable file ({exc.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(variable, path, "a regular file (not a FIFO, device or folder)")
+        chunks, size = [], 0
+        while size <= MAX_SECRET_FILE_BYTES:
+            chunk = os.read(fd, MAX_SECRET_FILE_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise ConfigError(variable, path, f"a readable file ({exc.strerror})") from None
+    finally:
+        os.close(fd)
+    if size > MAX_SECRET_FILE_BYTES:
+        raise ConfigError(variable, path, f"a file of at most {MAX_SECRET_FILE_BYTES} bytes")
+    try:
+        text = b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(variable, path, "a UTF-8 text file") from None
+    # `echo key > file` and most editors end the file with a newline; it is not the key's.
+    value = text.removesuffix("\n").removesuffix("\r")
+    if not value.strip():
+        raise ConfigError(variable, path, "a file holding the value (it is empty)")
+    return value
 
 
 def load(environ: Mapping[str, str] | None = None) -> Config:

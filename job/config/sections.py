@@ -10,10 +10,10 @@ from dataclasses import asdict, dataclass, field, fields
 from job.config.cluster import Cluster
 from job.config.recipes import DEFAULT_RECIPE, RECIPES
 from job.config.settings import VARIABLES, default
-from job.logs import REDACTED
+from job.logs import MIN_SECRET_LENGTH, REDACTED
 
 # (section, attribute) of each secret setting: the section is Config's field ("" for Config's own).
-SECRET_ATTRS = tuple((v.section, v.attr) for v in VARIABLES if v.secret and v.attr)
+SECRET_ATTRS = {v.name: (v.section, v.attr) for v in VARIABLES if v.secret and v.attr}
 
 
 @dataclass(frozen=True)
@@ -125,20 +125,27 @@ class Config:
         """The configuration as plain data, safe to print, log or store."""
         return _redact(self)
 
-    def secrets(self) -> list[str]:
-        """The secret values in force, so output can be checked or scrubbed for them."""
+    def _secret_values(self) -> list[tuple[str, str]]:
         return [
-            value
-            for section, attr in SECRET_ATTRS
+            (name, value)
+            for name, (section, attr) in SECRET_ATTRS.items()
             if (value := getattr(getattr(self, section) if section else self, attr))
         ]
+
+    def secrets(self) -> list[str]:
+        """The secret values in force, so output can be checked or scrubbed for them."""
+        return [value for _, value in self._secret_values()]
+
+    def short_secrets(self) -> list[str]:
+        """The variables holding a secret short enough to be scrubbed only as a whole token."""
+        return [name for name, value in self._secret_values() if len(value) < MIN_SECRET_LENGTH]
 
 
 def _redact(obj: object, section: str = "") -> dict[str, object]:
     out: dict[str, object] = {}
     for f in fields(obj):  # type: ignore[arg-type]
         value = getattr(obj, f.name)
-        if (section, f.name) in SECRET_ATTRS:
+        if (section, f.name) in SECRET_ATTRS.values():
             out[f.name] = REDACTED if value else value
         elif isinstance(value, Cluster):
             out[f.name] = asdict(value)

@@ -3,15 +3,19 @@
 The repository keeps the manifests at its top level, `k8s/`, for `kubectl apply -k
 k8s/overlays/gpu`; the wheel ships the same files inside the package as `job/k8s/` (package
 data, mapped in pyproject.toml), so `submit --backend k8s` works from an installed wheel too.
+Everything goes into the namespace the manifests name (k8s/components/namespace), which
+`submit` renders into and `cancel` deletes from.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from job.config import Config
 from job.errors import ConfigError, JobError
@@ -20,6 +24,13 @@ from job.runstore import layout
 from job.runstore.store import Store
 
 K8S_IMAGE = "icr.io/mnist/mnist-job"  # the name the overlays give the image
+# The object store's port the NetworkPolicy `mnist-job` allows (k8s/base/networkpolicy.yaml),
+# and where its object-store rule is: an endpoint on another port is added to that rule.
+OBJECT_STORE_PORT = 443
+OBJECT_STORE_RULE = "/spec/egress/1"
+_NAMESPACE_LINE = re.compile(
+    r"^namespace:[ \t]*([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)[ \t]*(#.*)?$", re.M
+)
 
 
 class Kubernetes(Backend):
@@ -27,12 +38,14 @@ class Kubernetes(Backend):
 
     def submit(self, cfg: Config, env: dict[str, str], store: Store, opts: Options) -> Started:
         manifest = render_job(cfg, env, opts.overlay, opts.image)
+        # Every object names its namespace, so the kubeconfig's current one does not matter.
         run_tool(["kubectl", "apply", "-f", "-"], stdin=manifest)
-        record(store, cfg.run_id, "k8s", cfg.run_id, overlay=opts.overlay)
-        return Started(f"Kubernetes Job {cfg.run_id} (overlay {opts.overlay})")
+        ns = namespace()
+        record(store, cfg.run_id, "k8s", cfg.run_id, overlay=opts.overlay, namespace=ns)
+        return Started(f"Kubernetes Job {cfg.run_id} in namespace {ns} (overlay {opts.overlay})")
 
     def cancel(self, handle: str, cfg: Config) -> None:
-        run_tool(["kubectl", "delete", "job", handle, "--wait=false"])
+        run_tool(["kubectl", "delete", "job", handle, "--namespace", namespace(), "--wait=false"])
 
     def valid_handle(self, handle: str, run_id: str) -> bool:
         return handle == run_id
@@ -40,7 +53,9 @@ class Kubernetes(Backend):
 
 def render_job(cfg: Config, env: dict[str, str], overlay: str, image: str | None) -> str:
     """The Job manifest for this run: kustomize over k8s/overlays/<overlay>, no templating.
-    Credentials stay in the Secret the manifests name; none is copied into the Job."""
+    Credentials stay in the Secret the manifests name (mounted as files); none is copied into
+    the Job. The overlay's ConfigMap and NetworkPolicies come along; the Namespace object does
+    not: creating one needs cluster-wide rights, and it must exist anyway to hold the Secret."""
     overlays = manifests_root() / "overlays"
     names = sorted(p.name for p in overlays.iterdir() if p.is_dir())
     if overlay not in names:
@@ -58,31 +73,88 @@ def render_job(cfg: Config, env: dict[str, str], overlay: str, image: str | None
         {
             "op": "add",
             "path": "/spec/template/spec/containers/0/env/-",
-            # Kubernetes expands $(NAME) in a value from the container's other variables, the
-            # Secret's included; $$( is a literal $( to it.
+            # Kubernetes expands $(NAME) in a value from the container's other variables;
+            # $$( is a literal $( to it.
             "value": {"name": k, "value": v.replace("$(", "$$(")},
         }
         for k, v in sorted(settings.items())
     ]
+    ns = namespace()
+    # Deletions by target: one that matches nothing (the multiworker overlay has no CronJob)
+    # is no error, where a patch naming its object would be.
+    patches = [
+        {"target": {"kind": "Job"}, "patch": json.dumps(patch)},
+        {"target": {"kind": "CronJob"}, "patch": json.dumps(
+            {"$patch": "delete", "apiVersion": "batch/v1", "kind": "CronJob",
+             "metadata": {"name": "any"}})},
+        {"target": {"kind": "Namespace"}, "patch": json.dumps(
+            {"$patch": "delete", "apiVersion": "v1", "kind": "Namespace",
+             "metadata": {"name": "any"}})},
+    ]  # fmt: skip
+    port = _endpoint_port(settings.get("COS_ENDPOINT"))
+    if port != OBJECT_STORE_PORT:
+        # The pod must reach the endpoint it is given; the rule's address range stays as set.
+        allow = {"op": "add", "path": f"{OBJECT_STORE_RULE}/ports/-",
+                 "value": {"protocol": "TCP", "port": port}}  # fmt: skip
+        patches.append(
+            {"target": {"kind": "NetworkPolicy", "name": "mnist-job"}, "patch": json.dumps([allow])}
+        )
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
+        "namespace": ns,  # the overlays' own, so that `cancel` looks where `submit` put it
         "resources": [],  # relative to the temporary folder below: kustomize wants that
-        "patches": [
-            {"target": {"kind": "Job"}, "patch": json.dumps(patch)},
-            {"patch": json.dumps({"$patch": "delete", "apiVersion": "batch/v1",
-                                  "kind": "CronJob", "metadata": {"name": "mnist-retrain"}})},
-        ],
-    }  # fmt: skip
+        "patches": patches,
+    }
     if image:
-        name, _, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "")
-        kustomization["images"] = [
-            {"name": K8S_IMAGE, "newName": name, **({"newTag": tag} if tag else {})}
-        ]
+        kustomization["images"] = [image_override(image)]
     with tempfile.TemporaryDirectory() as tmp:
         kustomization["resources"] = [os.path.relpath(overlays / overlay, tmp)]
         (Path(tmp) / "kustomization.yaml").write_text(json.dumps(kustomization, indent=2))
         return run_tool(["kubectl", "kustomize", "--load-restrictor", "LoadRestrictionsNone", tmp])
+
+
+def image_override(image: str) -> dict[str, str]:
+    """The kustomize `images` entry that makes the overlays' image `image`: a tag, a digest
+    (`name@sha256:...`, which keeps the run pinned) or both. A tag alone replaces the overlay's
+    digest too: kustomize drops it."""
+    ref, _, digest = image.partition("@")
+    name, _, tag = ref.rpartition(":") if ":" in ref.rsplit("/", 1)[-1] else (ref, "", "")
+    entry = {"name": K8S_IMAGE, "newName": name}
+    if tag:
+        entry["newTag"] = tag
+    if digest:
+        entry["digest"] = digest
+    return entry
+
+
+def _endpoint_port(endpoint: str | None) -> int:
+    """The port of the object store's endpoint URL (already validated as http(s)://host[:port]);
+    the overlays' own endpoint (in their ConfigMap) when none is forwarded."""
+    if not endpoint:
+        return OBJECT_STORE_PORT
+    url = urlsplit(endpoint)
+    try:
+        port = url.port
+    except ValueError:  # a port above 65535: the pattern allows any digits
+        port = 0
+    if port == 0:
+        raise ConfigError("COS_ENDPOINT", endpoint, "a URL whose port is from 1 to 65535")
+    return port or (443 if url.scheme == "https" else 80)
+
+
+def namespace() -> str:
+    """The namespace the manifests put everything in: `namespace:` of k8s/components/namespace,
+    the one place it is set (read as text: PyYAML is not a dependency of the job)."""
+    path = manifests_root() / "components" / "namespace" / "kustomization.yaml"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JobError(f"the Kubernetes manifests are incomplete: {path}: {exc}") from None
+    found = _NAMESPACE_LINE.findall(text)
+    if len(found) != 1:
+        raise JobError(f"{path}: expected one top-level line `namespace: <DNS label>`")
+    return found[0][0]
 
 
 _SOURCE_TREE = Path(__file__).resolve().parents[2] / "k8s"

@@ -10,9 +10,10 @@ store are untrusted: each backend checks its own before acting on it. No TensorF
 from __future__ import annotations
 
 import contextlib
+import time
 
 from job.config import Config
-from job.errors import ConfigError, DataError, PreconditionFailed
+from job.errors import ConfigError, DataError, PreconditionFailed, TransientError
 from job.launch.backend import Backend, Options, Started
 from job.launch.docker import Docker
 from job.launch.k8s import Kubernetes
@@ -66,21 +67,42 @@ def submission(store: Store, run_id: str) -> dict | None:
     return submitted
 
 
+# How long past its lease a stopped job may take to let go of the run: it stops at the next
+# batch boundary and writes its status (job.training.preemption).
+CANCEL_GRACE_SECONDS = 30
+POLL_SECONDS = 0.5
+
+
 def cancel(store: Store, cfg: Config) -> str:
     """Stop `cfg.run_id` through the backend that started it (the run id was validated like
-    RUN_ID: it becomes part of keys and handles)."""
+    RUN_ID: it becomes part of keys and handles), wait until its process has let go of the run,
+    then mark it cancelled. Returns what to tell the person.
+
+    A finished run is left as it is ("already finished"), and `_CANCELLED` never lands beside
+    `_SUCCESS`: the job may publish while it is being stopped (it is past its last stop check),
+    so the marker is written only once no live process holds the run's lease. One that still
+    does after its lease plus a grace is a TransientError (75), with no marker."""
     run_id = cfg.run_id
     submitted = submission(store, run_id)
     if submitted is None:
         raise ConfigError("RUN_ID", run_id, "a run started by `python -m job submit`")
     files = RunFiles(run_store(cfg, store, submitted), run_id)
     if files.exists(SUCCESS):
-        raise ConfigError("RUN_ID", run_id, f"a run that has not finished (it has {SUCCESS})")
+        return f"Run {run_id} already finished; nothing to cancel"
     BACKENDS[submitted["backend"]].cancel(submitted["handle"], cfg)
-    # The job may have finished its publication while it was being stopped: then it stands,
-    # and no marker goes beside its _SUCCESS.
-    if not files.exists(SUCCESS):
-        body = to_json({"run_id": run_id, "cancelled_at": now_iso()})
-        with contextlib.suppress(PreconditionFailed):  # cancelled before: one marker is enough
-            store.put_bytes(files.key(CANCELLED), body, if_none_match=True)
-    return f"{submitted['backend']} {submitted['handle']}"
+    stopped = f"{submitted['backend']} {submitted['handle']}"
+    lease = Lease(files, cfg.lease_seconds)
+    deadline = time.monotonic() + cfg.lease_seconds + CANCEL_GRACE_SECONDS
+    while lease.live_holder() and not files.exists(SUCCESS):
+        if time.monotonic() > deadline:
+            raise TransientError(
+                f"run {run_id} still holds its lease {cfg.lease_seconds + CANCEL_GRACE_SECONDS}"
+                f" s after the stop request to {stopped}; not marked cancelled (cancel again)"
+            )
+        time.sleep(POLL_SECONDS)
+    if files.exists(SUCCESS):
+        return f"Run {run_id} finished before it could be stopped; its results stand"
+    body = to_json({"run_id": run_id, "cancelled_at": now_iso()})
+    with contextlib.suppress(PreconditionFailed):  # cancelled before: one marker is enough
+        store.put_bytes(files.key(CANCELLED), body, if_none_match=True)
+    return f"Cancelled {run_id}: stopped {stopped}"

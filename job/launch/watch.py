@@ -15,7 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from job.errors import WATCH_EXIT, DataError, JobError
-from job.runstore.layout import FAILURE, METRICS, RUN_RECORD, STATUS, SUCCESS, decode_json
+from job.logs import printable
+from job.runstore import objects
+from job.runstore.layout import FAILURE, METRICS, RUN_RECORD, STATUS, SUCCESS
 from job.runstore.reader import RunReader
 
 
@@ -60,11 +62,6 @@ def summary(metrics: dict, files_dir: Path) -> list[str]:
         + ", ".join(f"{c['class']}: {100 * c['recall']:.1f}%" for c in worst),
         f"Files: {files_dir}",
     ]
-
-
-def printable(value: object, width: int) -> str:
-    """A value read from a store, fit for a terminal: printable characters only, cut short."""
-    return "".join(c if c.isprintable() else "?" for c in str(value))[:width]
 
 
 def promotion_line(reader: RunReader, interval: float, wait: float) -> str | None:
@@ -121,7 +118,7 @@ def watch(
                 out(line)
         if outcome == "succeeded":
             files = reader.download(download_to)
-            metrics = decode_json(files[METRICS], reader.where(METRICS))
+            metrics = objects.decode(files[METRICS], objects.METRICS, reader.where(METRICS))
             try:
                 lines = summary(metrics, download_to)
             except (KeyError, TypeError, ValueError) as exc:
@@ -137,7 +134,8 @@ def watch(
             return WATCH_EXIT["succeeded"]
         if outcome == "failed":
             failure = reader.read_json(FAILURE) or {}
-            out(f"Run {reader.run_id} failed: {failure.get('reason', 'no reason recorded')}")
+            reason = printable(failure.get("reason", "no reason recorded"), 1000)
+            out(f"Run {reader.run_id} failed: {reason}")
             return WATCH_EXIT["failed"]
         if outcome == "cancelled":
             out(f"Run {reader.run_id} was cancelled")
@@ -150,7 +148,8 @@ def watch(
             if state in ("queued", "pending"):
                 changed = time.monotonic()  # waiting for capacity is not a stall
             if state in ("failed", "error") and reader.outcome() is None:  # not a marker late
-                out(f"Run {reader.run_id} failed on the platform: {message or 'no message'}")
+                shown = printable(message or "no message", 1000)
+                out(f"Run {reader.run_id} failed on the platform: {shown}")
                 return WATCH_EXIT["failed"]
             if state == "canceled":
                 out(f"Run {reader.run_id} was cancelled on the platform")

@@ -28,13 +28,13 @@ from dataclasses import asdict, dataclass
 from job import logs
 from job.config import RUN_ID_RE
 from job.errors import ConfigError, DataError, JobError, PreconditionFailed, TransientError
+from job.runstore import hold, objects
 from job.runstore.digest import sha256_bytes
 from job.runstore.layout import (
     METRICS,
     MODEL_FILE,
     SUCCESS,
     champion_key,
-    decode_json,
     history_key,
     history_prefix,
     parse_history_key,
@@ -80,22 +80,33 @@ class Decision:
 
 
 def candidate(store: Store, run_id: str) -> Candidate:
-    """The run `run_id` as a candidate: it must have `_SUCCESS`, and its metrics.json must match
-    the hash listed there (a store is untrusted input)."""
+    """The run `run_id` as a candidate: held against prune first (job.runstore.hold), then
+    checked: it must have `_SUCCESS`, and its metrics.json and model must match the hashes
+    listed there (a store is untrusted input)."""
+    mark = hold.hold(store, run_id)
+    try:
+        return _checked_candidate(store, run_id)
+    except DataError:
+        if not RunReader(store, run_id).exists(SUCCESS):
+            hold.let_go(store, run_id, mark)  # no run there: leave no folder behind
+        raise
+
+
+def _checked_candidate(store: Store, run_id: str) -> Candidate:
     files = RunReader(store, run_id)
     entries = {e["path"]: e for e in files.manifest()}  # each entry checked there
     for name in (METRICS, MODEL_FILE):
         if name not in entries:
             raise DataError(f"{files.where(SUCCESS)}: does not list {name}")
-    raw = store.get_bytes(files.key(METRICS))
+    raw = store.get_bytes(files.key(METRICS), limit=objects.METRICS.max_bytes)
     if raw is None or sha256_bytes(raw) != entries[METRICS]["sha256"]:
         raise DataError(f"{files.where(METRICS)}: missing or not the file {SUCCESS} lists")
-    metrics = decode_json(raw, files.where(METRICS))
+    metrics = objects.decode(raw, objects.METRICS, files.where(METRICS))
     accuracy, loss = metrics.get("test_accuracy"), metrics.get("test_loss")
     if not (_number(accuracy) and 0 <= accuracy <= 1 and _number(loss)):
         raise DataError(f"{files.where(METRICS)}: no test_accuracy in [0, 1] and test_loss")
     # The model itself, as listed: a champion whose file is missing or altered serves nothing.
-    model = store.get_bytes(files.key(MODEL_FILE))
+    model = store.get_bytes(files.key(MODEL_FILE), limit=entries[MODEL_FILE]["size"])
     if model is None or sha256_bytes(model) != entries[MODEL_FILE]["sha256"]:
         raise DataError(f"{files.where(MODEL_FILE)}: missing or not the file {SUCCESS} lists")
     return Candidate(
@@ -125,11 +136,11 @@ def _hex(value: object) -> str | None:
 
 def read(store: Store, name: str) -> tuple[dict | None, str | None]:
     """The champion record (checked) and its ETag; (None, None) when there is none yet."""
-    raw, etag = store.get_if_changed(champion_key(name), None)
+    raw, etag = store.get_if_changed(champion_key(name), None, limit=objects.CHAMPION.max_bytes)
     if raw is None:
         return None, None
     where = f"{store.uri.rstrip('/')}/{champion_key(name)}"
-    record = decode_json(raw, where)
+    record = objects.decode(raw, objects.CHAMPION, where)
     lineage = record.get("previous")
     fine = (
         isinstance(record.get("run_id"), str)
@@ -238,7 +249,9 @@ def _create_entry(store: Store, name: str, entry: dict) -> None:
     try:
         store.put_bytes(key, body, if_none_match=True)
     except PreconditionFailed:
-        if store.get_bytes(key) != body:  # not ours: the history already says otherwise
+        if (
+            store.get_bytes(key, limit=objects.HISTORY_ENTRY.max_bytes) != body
+        ):  # not ours: the history already says otherwise
             logs.get("job.champion").warning("history_entry_conflict", key=key)
         return
     # A create that must fail, with other bytes (a store may take the same bytes again as a
@@ -282,9 +295,9 @@ def history(store: Store, name: str, limit: int | None = None) -> list[dict]:
     keys = sorted(((n[0], k) for n, k in numbered if n), reverse=True)
     entries = []
     for sequence, key in keys[:limit]:
-        raw = store.get_bytes(key)
         try:
-            entry = decode_json(raw or b"", f"{store.uri.rstrip('/')}/{key}")
+            raw = store.get_bytes(key, limit=objects.HISTORY_ENTRY.max_bytes)
+            entry = objects.decode(raw or b"", objects.HISTORY_ENTRY, objects.where(store, key))
         except DataError as exc:
             entry = {"sequence": sequence, "action": "unreadable", "reason": str(exc)}
         entries.append(entry)

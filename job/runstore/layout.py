@@ -16,6 +16,7 @@ from pathlib import PurePosixPath
 
 from job.config import Config
 from job.errors import ConfigError, DataError
+from job.runstore import objects
 
 # --- the keys of a run folder ---
 RUN_RECORD = "run.json"  # start record: config (redacted), versions, host
@@ -31,8 +32,18 @@ OWNER = "owner.json"  # the lease of the process writing the run (job.runstore.l
 SUCCESS = "_SUCCESS"  # written last: every file with its size and SHA-256
 FAILURE = "_FAILURE"
 CANCELLED = "_CANCELLED"
+HOLD = "_HOLD"  # a champion decision's or prune's claim on a finished run (job.runstore.hold)
 CHECK_PROBE = ".check-probe"  # `check` writes, reads and deletes <OUTPUT_URI>/.check-probe-<hex>
 DOWNLOADED = (METRICS, f"{IMAGES}/")  # what `watch` fetches of a finished run
+
+
+# What each record is, for job.runstore.objects: its size cap and the fields readers rely on.
+KINDS = {
+    RUN_RECORD: objects.RUN_RECORD, STATUS: objects.STATUS, METRICS: objects.METRICS,
+    LATEST_CHECKPOINT: objects.CHECKPOINT, SUBMISSION: objects.SUBMISSION, OWNER: objects.OWNER,
+    SUCCESS: objects.MANIFEST, FAILURE: objects.MARKER, CANCELLED: objects.MARKER,
+    HOLD: objects.HOLD,
+}  # fmt: skip
 
 
 def checkpoint_key(epoch: int) -> str:
@@ -149,17 +160,6 @@ def safe_key(key: object, where: str) -> str:
     return key
 
 
-def decode_json(raw: bytes, where: str) -> dict:
-    """An object read from a store that must hold a JSON object; DataError naming it if not."""
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        raise DataError(f"{where}: not valid JSON") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{where}: not a JSON object")
-    return data
-
-
 def to_json(data: object) -> bytes:
     return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
 
@@ -179,8 +179,8 @@ class RunFiles:
         return f"{self.location}/{name}"
 
     def read_json(self, name: str) -> dict | None:
-        raw = self.store.get_bytes(self.key(name))
-        return None if raw is None else decode_json(raw, self.where(name))
+        """One of the run's records, through the bounded, typed reader (job.runstore.objects)."""
+        return objects.read(self.store, self.key(name), KINDS[name])
 
     def put_json(self, name: str, data: object) -> None:
         self.store.put_bytes(self.key(name), to_json(data))

@@ -27,7 +27,8 @@ from pathlib import Path
 from job import logs
 from job.config import MAX_LEASE_SECONDS
 from job.errors import DataError, PreconditionFailed, TransientError
-from job.runstore.layout import OWNER, RunFiles, decode_json, to_json
+from job.runstore import objects
+from job.runstore.layout import OWNER, RunFiles, to_json
 
 # How far apart two hosts' clocks may be. A lease renewed later than now plus this, or lasting
 # past now by more than the longest lease plus this, was not written by a sane clock (or was
@@ -103,7 +104,10 @@ class Lease:
             return
         except PreconditionFailed:
             pass
-        raw, etag = store.get_if_changed(self.key, None)
+        try:
+            raw, etag = store.get_if_changed(self.key, None, limit=objects.OWNER.max_bytes)
+        except DataError:  # too large to be a lease: nobody's, replaced in its version
+            raw, etag = None, store.etag(self.key)
         holder = self.holder(raw)
         if raw is not None and self._alive(holder):
             left = float(holder["expires_at"]) - time.time()
@@ -126,13 +130,17 @@ class Lease:
         if raw is None:
             return {}
         try:
-            return decode_json(raw, self.files.where(OWNER))
+            return objects.decode(raw, objects.OWNER, self.files.where(OWNER))
         except DataError:
             return {}
 
     def live_holder(self) -> dict | None:
         """The record of a live lease on the run (another process's), else None."""
-        holder = self.holder(self.files.store.get_bytes(self.key))
+        try:
+            raw = self.files.store.get_bytes(self.key, limit=objects.OWNER.max_bytes)
+        except DataError:  # too large to be a lease: nobody's
+            return None
+        holder = self.holder(raw)
         return holder if holder and self._alive(holder) else None
 
     def _probe(self) -> None:

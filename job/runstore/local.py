@@ -1,4 +1,13 @@
-"""A run store in a local folder (or a mounted bucket folder, as WML's RESULT_DIR)."""
+"""A run store in a local folder (or a mounted bucket folder, as WML's RESULT_DIR).
+
+The folder is as untrusted as a bucket: anyone who can write to it can plant a link. So below
+the root nothing is ever reached through a link: every path is walked one component at a time
+from a descriptor of the root, each folder opened with O_NOFOLLOW, each file opened, created,
+renamed and removed relative to its folder's descriptor. A link where a folder or file of the
+store should be is refused (DataError, 65, naming it) for reads, writes and deletes; listings
+skip it with a warning. The root itself may be a link (a mounted volume often is): it is
+resolved once, when the store is opened.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +16,29 @@ import errno
 import fcntl
 import hashlib
 import os
-import tempfile
+import secrets
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
-from job.errors import ConfigError, JobError, PreconditionFailed, TransientError
+from job import logs
+from job.errors import ConfigError, DataError, JobError, PreconditionFailed, TransientError
+from job.runstore.objects import MAX_ARTIFACT
 
 # errno values a retry cannot fix: the folder is wrong, not busy.
 PERMANENT_ERRNOS = {
     errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG,
     errno.ENOENT, errno.EEXIST, errno.EINVAL, errno.ELOOP,
 }  # fmt: skip
+# Published results hold no secret (config is redacted before it is written), and the person
+# who ran `docker run -v "$PWD/runs:/runs"` must be able to read them without root.
+FILE_MODE, FOLDER_MODE = 0o644, 0o755
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO never blocks
+
+
+class _Vanished(Exception):
+    """The folder being written was removed (emptied by a concurrent delete) under us."""
 
 
 def _md5(data: bytes) -> str:
@@ -32,71 +54,199 @@ class LocalStore:
     """
 
     def __init__(self, root: Path, variable: str = "OUTPUT_URI") -> None:
-        self.root = root
         self.uri = str(root)
+        self.root = Path(os.path.realpath(root))  # the root may be a link: resolved once
         self.variable = variable
+        self.log = logs.get("job.store")
 
-    def _path(self, key: str) -> Path:
-        path = self.root.joinpath(*key.split("/"))
+    # --- walking without links ---
+
+    def _parts(self, key: str) -> list[str]:
+        parts = key.split("/")
         # Keys come from job.runstore.layout; this is the last line of defence for the file system.
-        if ".." in key.split("/") or not path.is_relative_to(self.root):
+        if any(p in ("", ".", "..") or "\x00" in p for p in parts):
             raise ValueError(f"key {key!r} leaves {self.root}")
-        return path
+        return parts
+
+    def _linked(self, path: Path, action: str) -> DataError:
+        return DataError(f"{path}: a link inside the store; refusing to {action} through it")
+
+    def _open_root(self, create: bool) -> int | None:
+        if create:
+            try:
+                os.makedirs(self.root, mode=FOLDER_MODE, exist_ok=True)
+            except OSError as exc:
+                raise self._os_error("write", self.root, exc) from None
+        try:
+            return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            raise ConfigError(self.variable, self.uri, "a folder (this is a file)") from None
+        except OSError as exc:
+            raise self._os_error("open", self.root, exc) from None
 
     @contextlib.contextmanager
-    def _locked(self, folder: Path):
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    def _folder(self, parts: list[str], action: str, create: bool = False) -> Iterator[int | None]:
+        """A descriptor of the folder `parts` below the root, reached without following a link;
+        None when it does not exist (and `create` is false). Folders made are 0755."""
+        fd = self._open_root(create)
+        path = self.root
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            for part in parts:
+                if fd is None:
+                    break
+                path = path / part
+                try:
+                    child = os.open(part, DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        os.close(fd)
+                        fd = None
+                        break
+                    with contextlib.suppress(FileExistsError):  # made meanwhile: fine
+                        os.mkdir(part, FOLDER_MODE, dir_fd=fd)
+                    child = os.open(part, DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR) and self._is_link(fd, part):
+                        raise self._linked(path, action) from None
+                    if exc.errno == errno.ENOTDIR and not create:  # a file where a folder was
+                        os.close(fd)
+                        fd = None
+                        break
+                    raise
+                os.close(fd)
+                fd = child
+            yield fd
+        except OSError as exc:
+            raise self._os_error(action, path, exc) from None
         finally:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
+
+    @staticmethod
+    def _is_link(dir_fd: int, name: str) -> bool:
+        try:
+            return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+        except OSError:
+            return False
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*self._parts(key))
+
+    # --- reading ---
+
+    def _read(self, key: str, limit: int) -> bytes | None:
+        *folder, name = self._parts(key)
+        path = self._path(key)
+        with self._folder(folder, "read") as fd:
+            if fd is None:
+                return None
+            try:
+                file = os.open(name, READ_FLAGS, dir_fd=fd)
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                return None
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise self._linked(path, "read") from None
+                raise self._os_error("read", path, exc) from None
+        with os.fdopen(file, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            if stat.S_ISDIR(info.st_mode):
+                return None  # a folder is not an object (as in a bucket)
+            if not stat.S_ISREG(info.st_mode):
+                raise DataError(f"{path}: not a regular file")
+            if info.st_size > limit:
+                raise DataError(f"{path}: {info.st_size} bytes, more than the {limit} expected")
+            data = fh.read(limit + 1)
+        if len(data) > limit:  # grew while read
+            raise DataError(f"{path}: more than the {limit} bytes expected")
+        return data
+
+    def get_bytes(self, key: str, *, limit: int) -> bytes | None:
+        return self._read(key, limit)
+
+    def etag(self, key: str) -> str | None:
+        raw = self._read(key, MAX_ARTIFACT)
+        return None if raw is None else _md5(raw)
+
+    def get_if_changed(
+        self, key: str, tag: str | None, *, limit: int
+    ) -> tuple[bytes | None, str | None]:
+        """(content, tag) when the object changed since `tag`, (None, tag) when it did not."""
+        raw = self._read(key, limit)
+        if raw is None:
+            return None, None
+        current = _md5(raw)
+        return (None, tag) if current == tag else (raw, current)
+
+    def exists(self, key: str) -> bool:
+        *folder, name = self._parts(key)
+        with self._folder(folder, "read") as fd:
+            if fd is None:
+                return False
+            try:
+                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except (FileNotFoundError, NotADirectoryError):
+                return False
+        if stat.S_ISLNK(info.st_mode):
+            raise self._linked(self._path(key), "read")
+        return stat.S_ISREG(info.st_mode)
+
+    # --- writing ---
+
+    @contextlib.contextmanager
+    def _locked(self, fd: int):
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when the descriptor closes
+        yield
 
     def _write(self, key: str, data: bytes, if_match: str | None, if_none_match: bool) -> str:
         # A concurrent delete removes a folder it empties (as a bucket has no empty folders):
-        # between our mkdir and our lock the folder can vanish. That is a race, not a wrong
+        # between our mkdir and our write the folder can vanish. That is a race, not a wrong
         # OUTPUT_URI: try again.
-        missing: FileNotFoundError | None = None
         for _ in range(5):
             try:
                 return self._write_once(key, data, if_match, if_none_match)
-            except FileNotFoundError as exc:
-                missing = exc
+            except _Vanished:
+                continue
         path = self._path(key)
-        if path.parent.is_dir() and missing is not None:
+        if path.parent.is_dir():
             # The folder is there and still no file can be made in it (/proc/self): the path
             # is wrong, not busy.
-            raise self._os_error("write", path, missing) from None
+            raise ConfigError(self.variable, self.uri, "a folder this job can write")
         raise TransientError(f"cannot write {path}: its folder keeps disappearing")
 
     def _write_once(self, key: str, data: bytes, if_match: str | None, if_none_match: bool) -> str:
-        target = self._path(key)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # a folder that cannot be made: the path is wrong (/proc/...)
-            raise self._os_error("write", target, exc) from None
-        try:
-            with self._locked(target.parent):
+        *folder, name = self._parts(key)
+        path = self._path(key)
+        with self._folder(folder, "write", create=True) as fd, self._locked(fd):  # type: ignore[arg-type]
+            try:
+                if self._is_link(fd, name):  # type: ignore[arg-type]
+                    raise self._linked(path, "write")
                 # Read the current version only when a condition needs it: most writes are new
                 # files, and an old checkpoint need not be hashed to be replaced.
-                conditional = if_none_match or if_match is not None
-                current = self.etag(key) if conditional else None
-                if if_none_match and current is not None:
-                    raise PreconditionFailed(f"{target} exists (If-None-Match)")
-                if if_match is not None and current != if_match:
-                    raise PreconditionFailed(f"{target} changed (If-Match)")
-                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+                if if_none_match or if_match is not None:
+                    current = self.etag(key)
+                    if if_none_match and current is not None:
+                        raise PreconditionFailed(f"{path} exists (If-None-Match)")
+                    if if_match is not None and current != if_match:
+                        raise PreconditionFailed(f"{path} changed (If-Match)")
+                tmp = f".{name}.{secrets.token_hex(6)}"
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
                 try:
-                    with os.fdopen(fd, "wb") as fh:
+                    out = os.open(tmp, flags, FILE_MODE, dir_fd=fd)
+                except FileNotFoundError:
+                    raise _Vanished from None
+                try:
+                    with os.fdopen(out, "wb") as fh:
                         fh.write(data)
-                    os.replace(tmp, target)
+                    os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
                 except BaseException:
-                    Path(tmp).unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp, dir_fd=fd)
                     raise
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            raise self._os_error("write", target, exc) from None
+            except OSError as exc:
+                raise self._os_error("write", path, exc) from None
         return _md5(data)
 
     def _os_error(self, action: str, path: Path, exc: OSError) -> JobError:
@@ -115,77 +265,81 @@ class LocalStore:
     ) -> str:
         return self._write(key, path.read_bytes(), if_match, if_none_match)
 
-    def get_bytes(self, key: str) -> bytes | None:
-        try:
-            return self._path(key).read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except OSError as exc:
-            raise self._os_error("read", self._path(key), exc) from None
-
-    def etag(self, key: str) -> str | None:
-        raw = self.get_bytes(key)
-        return None if raw is None else _md5(raw)
-
-    def get_if_changed(self, key: str, tag: str | None) -> tuple[bytes | None, str | None]:
-        """(content, tag) when the object changed since `tag`, (None, tag) when it did not."""
-        raw = self.get_bytes(key)
-        if raw is None:
-            return None, None
-        current = _md5(raw)
-        return (None, tag) if current == tag else (raw, current)
-
-    def exists(self, key: str) -> bool:
-        return self.etag(key) is not None
-
     def delete(self, key: str, *, if_match: str | None = None) -> None:
+        *folder, name = self._parts(key)
         path = self._path(key)
-        try:
-            if if_match is None:
-                path.unlink(missing_ok=True)
-            else:
-                with self._locked(path.parent):
-                    if self.etag(key) != if_match:
-                        raise PreconditionFailed(f"{path} changed (If-Match)")
-                    path.unlink()
-        except FileNotFoundError:
-            if if_match is not None:
-                raise PreconditionFailed(f"{path} is gone (If-Match)") from None
-        except OSError as exc:
-            raise self._os_error("delete", path, exc) from None
-        # Folders exist only through their files, as in a bucket: drop the emptied ones.
-        for parent in path.parents:
-            if parent == self.root or not parent.is_relative_to(self.root):
-                break
-            try:
-                parent.rmdir()
-            except OSError:
-                break
+        with self._folder(folder, "delete") as fd:
+            if fd is None:
+                if if_match is not None:
+                    raise PreconditionFailed(f"{path} is gone (If-Match)")
+                return
+            with self._locked(fd):
+                if self._is_link(fd, name):
+                    raise self._linked(path, "delete")
+                if if_match is not None and self.etag(key) != if_match:
+                    raise PreconditionFailed(f"{path} changed or is gone (If-Match)")
+                try:
+                    os.unlink(name, dir_fd=fd)
+                except (FileNotFoundError, NotADirectoryError):
+                    if if_match is not None:
+                        raise PreconditionFailed(f"{path} is gone (If-Match)") from None
+                except OSError as exc:
+                    raise self._os_error("delete", path, exc) from None
+        # Folders exist only through their files, as in a bucket: drop the emptied ones, from
+        # the deepest up, each relative to its parent's descriptor; never the root.
+        for depth in range(len(folder), 0, -1):
+            with self._folder(folder[: depth - 1], "delete") as parent:
+                if parent is None:
+                    return
+                try:
+                    os.rmdir(folder[depth - 1], dir_fd=parent)
+                except OSError:
+                    return  # not empty (or a link, which rmdir never follows)
+
+    # --- listing ---
+
+    def _entries(self, fd: int, path: Path) -> Iterator[tuple[str, os.DirEntry]]:
+        for entry in os.scandir(fd):
+            if entry.name.startswith("."):
+                continue  # a write in progress, a probe
+            if entry.is_symlink():
+                self.log.warning("link_skipped", path=str(path / entry.name))
+                continue
+            yield entry.name, entry
+
+    def _walk(self, fd: int, path: Path, prefix: str) -> Iterator[str]:
+        for name, entry in self._entries(fd, path):
+            if entry.is_file(follow_symlinks=False):
+                yield prefix + name
+            elif entry.is_dir(follow_symlinks=False):
+                try:
+                    child = os.open(name, DIR_FLAGS, dir_fd=fd)
+                except OSError:
+                    continue  # replaced or removed since the scan
+                try:
+                    yield from self._walk(child, path / name, f"{prefix}{name}/")
+                finally:
+                    os.close(child)
 
     def _listed(self, prefix: str, entries) -> list[str]:
-        """`entries(base)` of the folder at `prefix` (the root when empty), sorted; nothing when
-        the folder does not exist yet. A root that is a file is a wrong OUTPUT_URI, not an
-        empty store."""
-        base = self._path(prefix.rstrip("/")) if prefix else self.root
-        try:
-            if self.root.exists() and not self.root.is_dir():
-                raise ConfigError(self.variable, self.uri, "a folder (this is a file)")
-            return sorted(entries(base)) if base.is_dir() else []
-        except OSError as exc:
-            raise self._os_error("list", base, exc) from None
+        """`entries(fd, path, prefix)` of the folder at `prefix` (the root when empty), sorted;
+        nothing when the folder does not exist yet."""
+        parts = self._parts(prefix.rstrip("/")) if prefix.strip("/") else []
+        with self._folder(parts, "list") as fd:
+            if fd is None:
+                return []
+            path = self.root.joinpath(*parts)
+            key_prefix = "/".join(parts) + "/" if parts else ""
+            try:
+                return sorted(entries(fd, path, key_prefix))
+            except OSError as exc:
+                raise self._os_error("list", path, exc) from None
 
     def list(self, prefix: str) -> list[str]:
-        return self._listed(prefix, lambda base: (
-            p.relative_to(self.root).as_posix()
-            for p in base.rglob("*")
-            if p.is_file() and not p.name.startswith(".")  # a write in progress
-        ))  # fmt: skip
+        return self._listed(prefix, self._walk)
 
     def children(self, prefix: str = "") -> list[str]:
         """The names of the folders directly under `prefix` (the run ids, at the root)."""
-        # A symlinked folder is not a run of this store (prune must never follow one out).
-        return self._listed(prefix, lambda base: (
-            p.name
-            for p in base.iterdir()
-            if p.is_dir() and not p.is_symlink() and p.name[:1] != "."
+        return self._listed(prefix, lambda fd, path, _: (
+            name for name, entry in self._entries(fd, path) if entry.is_dir(follow_symlinks=False)
         ))  # fmt: skip

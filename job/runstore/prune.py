@@ -6,10 +6,12 @@ Lives apart from the reader and the champion registry because it needs both: wha
 
 from __future__ import annotations
 
+from job import logs
 from job.config import MODEL_NAME_RE, RESERVED_RUN_IDS, RUN_ID_RE
 from job.errors import JobError
-from job.runstore import champion
-from job.runstore.layout import CANCELLED, FAILURE, MODELS, OWNER, SUCCESS
+from job.runstore import champion, hold
+from job.runstore.layout import CANCELLED, FAILURE, HOLD, MODELS, SUCCESS
+from job.runstore.lease import Lease
 from job.runstore.reader import RunReader
 from job.runstore.store import Store
 
@@ -29,8 +31,9 @@ def protected_runs(store: Store) -> set[str]:
 def prune(store: Store, keep: int, older_than_hours: float, dry_run: bool) -> list[str]:
     """Delete finished runs beyond the last `keep` (by run id, as `runs` lists them) whose
     status is older than `older_than_hours`; never a champion or an earlier champion, never a
-    run without an end marker or with an owner lease (running, or being retried). Returns the
-    run ids deleted (or, with `dry_run`, that would be)."""
+    run without an end marker or with a live owner lease (running, or being retried), never a
+    run a champion decision holds (job.runstore.hold). Returns the run ids deleted (or, with
+    `dry_run`, that would be)."""
     run_ids = sorted(
         (r for r in store.children() if RUN_ID_RE.fullmatch(r) and r not in RESERVED_RUN_IDS),
         reverse=True,
@@ -38,25 +41,50 @@ def prune(store: Store, keep: int, older_than_hours: float, dry_run: bool) -> li
     pruned = []
     for run_id in run_ids[keep:]:
         reader = RunReader(store, run_id)
-        if reader.outcome() is None or reader.exists(OWNER):
-            # No end marker: running. A lease: a process owns it (a retry of a failed run
-            # resumes under the old _FAILURE), or one died holding it: a person decides.
-            continue
         try:
-            reader.poll_status()
+            if not _finished_long_ago(store, reader, older_than_hours):
+                continue
         except JobError:
             continue  # unreadable: left for a person to look at
-        age = reader.heartbeat_age()
-        if age is None or age < older_than_hours * 3600:
-            continue
-        # Read just before deleting, not once: a run promoted meanwhile is a champion now.
         if run_id in protected_runs(store):
             continue
-        if not dry_run:
-            # The end markers first: a run half deleted is never one that looks finished.
-            keys = store.list(run_id + "/")
-            markers = [reader.key(m) for m in (SUCCESS, FAILURE, CANCELLED)]
-            for key in [k for k in markers if k in keys] + [k for k in keys if k not in markers]:
-                store.delete(key)
+        if dry_run:
+            pruned.append(run_id)
+            continue
+        mark = hold.mark_deleting(store, run_id)
+        if mark is None:
+            continue  # a champion decision holds it
+        # Read after the mark, not once: a run promoted meanwhile is a champion now.
+        if run_id in protected_runs(store):
+            hold.unmark(store, run_id, mark)
+            continue
+        # The end markers first: a run half deleted is never one that looks finished; the
+        # hold mark last: until it goes, no decision takes the run.
+        keys = store.list(run_id + "/")
+        first = [reader.key(m) for m in (SUCCESS, FAILURE, CANCELLED)]
+        last = [reader.key(HOLD)]
+        middle = [k for k in keys if k not in first and k not in last]
+        for key in [k for k in first if k in keys] + middle + last:
+            store.delete(key)
+        if run_id in store.children():
+            # Something this job never deletes (a link, a file being written) keeps the folder.
+            logs.get("job.prune").warning("run_not_removed", run_id=run_id, files="deleted")
+            continue
         pruned.append(run_id)
     return pruned
+
+
+def _finished_long_ago(store: Store, reader: RunReader, older_than_hours: float) -> bool:
+    """An end marker, no live lease, a heartbeat older than the limit; or a deletion that a
+    prune began and did not finish."""
+    if reader.exists(HOLD) and (reader.read_json(HOLD) or {}).get("state") == "deleting":
+        return True
+    if reader.outcome() is None:
+        return False  # no end marker: running
+    # A live lease: a process owns the run (a retry of a failed run resumes under the old
+    # _FAILURE). A dead one (a SIGKILL right after _SUCCESS) is debris, deleted with the run.
+    if Lease(reader, 0).live_holder():
+        return False
+    reader.poll_status()
+    age = reader.heartbeat_age()
+    return age is not None and age >= older_than_hours * 3600

@@ -22,6 +22,7 @@ from job.errors import PreconditionFailed, TransientError
 from job.runstore.digest import sha256_bytes, sha256_file
 from job.runstore.layout import (
     FAILURE,
+    KINDS,
     LATEST_CHECKPOINT,
     RUN_RECORD,
     STATUS,
@@ -115,7 +116,8 @@ class RunPublisher(RunFiles):
             name = safe_key(path.relative_to(folder).as_posix(), str(folder))
             self.create(name, path)
             files.append({"path": name, "size": path.stat().st_size, "sha256": sha256_file(path)})
-        record = self.store.get_bytes(self.key(RUN_RECORD)) or b""
+        record = self.store.get_bytes(self.key(RUN_RECORD), limit=KINDS[RUN_RECORD].max_bytes)
+        record = record or b""
         files.append({"path": RUN_RECORD, "size": len(record), "sha256": sha256_bytes(record)})
         manifest = {"run_id": self.run_id, "completed_at": now_iso(), "files": files}
         if self.lease is not None:

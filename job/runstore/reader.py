@@ -15,6 +15,7 @@ from pathlib import Path
 
 from job.config import RESERVED_RUN_IDS, RUN_ID_RE
 from job.errors import DataError, JobError
+from job.runstore import objects
 from job.runstore.digest import sha256_bytes
 from job.runstore.layout import (
     CANCELLED,
@@ -24,7 +25,6 @@ from job.runstore.layout import (
     STATUS,
     SUCCESS,
     RunFiles,
-    decode_json,
     safe_key,
 )
 from job.runstore.store import Store
@@ -38,10 +38,12 @@ class RunReader(RunFiles):
 
     def poll_status(self) -> bool:
         """Re-read status.json if it changed (cheaply); True when it did."""
-        raw, self._status_tag = self.store.get_if_changed(self.key(STATUS), self._status_tag)
-        if raw is None:
+        status, self._status_tag = objects.read_if_changed(
+            self.store, self.key(STATUS), self._status_tag, objects.STATUS
+        )
+        if status is None:
             return False
-        self.status = checked_status(decode_json(raw, self.where(STATUS)), self.where(STATUS))
+        self.status = status
         return True
 
     def outcome(self) -> str | None:
@@ -91,33 +93,23 @@ class RunReader(RunFiles):
             target = dest.joinpath(*name.split("/"))
             if not target.is_relative_to(dest):  # safe_key already refused "..": belt and braces
                 raise DataError(f"{self.where(SUCCESS)}: {name!r} leaves {dest}")
-            raw = self.store.get_bytes(self.key(name))
+            raw = self.store.get_bytes(self.key(name), limit=entry["size"])
             if raw is None:
                 raise JobError(f"{self.where(name)} is listed in {SUCCESS} but missing")
             if sha256_bytes(raw) != entry["sha256"]:
                 raise DataError(f"{self.where(name)}: SHA-256 differs from {SUCCESS}")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(raw)
-            os.replace(tmp, target)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+                with os.fdopen(fd, "wb") as fh:
+                    os.fchmod(fh.fileno(), 0o644)  # results, not secrets: the user's to read
+                    fh.write(raw)
+                os.replace(tmp, target)
+            except OSError as exc:  # `images/a` beside `images/a/b`, a 300-character name
+                why = exc.strerror or type(exc).__name__
+                raise DataError(f"{self.where(name)}: cannot be saved as {target}: {why}") from None
             written[name] = raw
         return written
-
-
-def checked_status(status: dict, where: str) -> dict:
-    """status.json as readers use it: the fields with the types they expect (DataError if not)."""
-    history = status.get("history", [])
-    fine = (
-        isinstance(status.get("metrics", {}), dict)
-        and isinstance(history, list)
-        and all(isinstance(h, dict) and type(h.get("epoch")) is int for h in history)
-        and all(type(status.get(k, 0)) in (int, type(None)) for k in ("epoch", "epochs"))
-        and isinstance(status.get("updated_at", ""), str)
-    )
-    if not fine:
-        raise DataError(f"{where}: fields of the wrong type (history, metrics, epoch, epochs)")
-    return status
 
 
 def run_row(store: Store, run_id: str) -> dict:

@@ -191,17 +191,29 @@ class S3Store:
             "something that is not S3 (a proxy or captive portal?)"
         )
 
-    def get_bytes(self, key: str) -> bytes | None:
-        return self.get_if_changed(key, None)[0]  # no tag: a plain GET
+    def get_bytes(self, key: str, *, limit: int) -> bytes | None:
+        return self.get_if_changed(key, None, limit=limit)[0]  # no tag: a plain GET
 
-    def _body(self, reply: dict, key: str) -> bytes:
+    def _body(self, reply: dict, key: str, limit: int) -> bytes:
         # This job never stores HTML: a proxy or captive portal that answers every request with
         # a page of its own must not be read as a run's files.
         if str(reply.get("ContentType", "")).startswith("text/html"):
             raise self._not_s3("read", key)
-        return reply["Body"].read()
+        body = reply["Body"]
+        # The size is known before the body is read: a huge object costs nothing but the refusal.
+        size = reply.get("ContentLength")
+        if type(size) is int and size > limit:
+            body.close()
+            raise DataError(f"{self._where(key)}: {size} bytes, more than the {limit} expected")
+        data = body.read(limit + 1)
+        if len(data) > limit:
+            body.close()
+            raise DataError(f"{self._where(key)}: more than the {limit} bytes expected")
+        return data
 
-    def get_if_changed(self, key: str, tag: str | None) -> tuple[bytes | None, str | None]:
+    def get_if_changed(
+        self, key: str, tag: str | None, *, limit: int
+    ) -> tuple[bytes | None, str | None]:
         """A conditional GET on the ETag: an unchanged object costs a 304 and no body."""
         from botocore.exceptions import ClientError
 
@@ -216,7 +228,7 @@ class S3Store:
                 if code in MISSING_CODES:
                     return None, None
                 raise
-            return self._body(reply, key), reply.get("ETag")
+            return self._body(reply, key, limit), reply.get("ETag")
 
     def exists(self, key: str) -> bool:
         return self.etag(key) is not None

@@ -18,6 +18,7 @@ import keras
 
 from job import logs
 from job.errors import ConfigError, DataError
+from job.runstore import objects
 from job.runstore.digest import sha256_bytes, sha256_file
 from job.runstore.layout import CHECKPOINTS, LATEST_CHECKPOINT, RunFiles, checkpoint_key
 from job.runstore.publish import RunPublisher, now_iso
@@ -80,7 +81,9 @@ class Checkpointer(keras.callbacks.Callback):
                 f"{saved.get(differ[0])!r} as when {where} was written, to resume (differing: "
                 f"{', '.join(differ)}); RESUME=discard starts the run over",
             )
-        raw = self.source.store.get_bytes(self.source.key(checkpoint_key(epoch)))
+        raw = self.source.store.get_bytes(
+            self.source.key(checkpoint_key(epoch)), limit=objects.MAX_ARTIFACT
+        )
         if raw is None or sha256_bytes(raw) != digest:
             self.log.warning("checkpoint_unusable", epoch=epoch, action="start afresh")
             return 0

@@ -23,7 +23,7 @@ from job.training import distribute
 from job.training.callbacks import History
 from job.training.checkpoint import Checkpointer
 from job.training.lifecycle import RunLifecycle
-from job.training.preemption import PreemptionGuard
+from job.training.preemption import PreemptionGuard, StopNow
 from job.training.watchdog import Watchdog
 
 
@@ -77,7 +77,12 @@ class RunContext:
         )
         try:
             self.run.claim()
-        except BaseException:
+        except BaseException as exc:
+            self.guard.defer()
+            if isinstance(exc, StopNow) and getattr(self.run.lease, "etag", None) is not None:
+                # Stopped half-way through the claim with the lease ours: end the run as any
+                # preemption (best effort: its status may not be written yet).
+                self.run.end("preempted", str(exc.preempted))
             self._release()
             raise
         if self.finished:
@@ -104,14 +109,19 @@ class RunContext:
             self.watchdog.pause()  # until fit begins: the data may take long to arrive
 
     def _release(self) -> None:
+        self.guard.defer()  # a stop request during setup must not cut the release short
         if self.watchdog is not None:
             self.watchdog.on_train_end()
         self.run.release()
         self._stack.close()
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        # How the run ended is being recorded: a stop request now waits (job.training.preemption).
+        self.guard.defer()
         if self.finished:
             return
+        if isinstance(exc, StopNow):  # a stop request during setup
+            exc = exc.preempted
         try:
             if isinstance(exc, Preempted):
                 self.log.warning("preempted", signal=exc.signame)

@@ -8,13 +8,19 @@ silent download.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import io
 import math
+import os
+import stat
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -34,6 +40,21 @@ IDX_FILES = {
 }
 # Where the Docker image keeps its copy (docker/Dockerfile copies data/ here).
 BAKED_DATA_ROOT = Path("/opt/mnist-job/data")
+# The most bytes one array may hold: 16 times MNIST's training images (60,000 x 28 x 28, 47 MB).
+# Larger sets in MNIST's format fit (EMNIST's largest split, 698k digits, is 547 MB); a header
+# claiming more is corrupt or hostile, and is refused before anything that size is allocated or
+# inflated (a 13 MB gzip file can inflate to 13 GB).
+MAX_DATA_BYTES = 16 * 60_000 * 28 * 28
+# An .npy member's own header (numpy's default limit for reading one) on top of its array.
+MAX_NPY_HEADER = 10_000
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first entry, or an empty zip
+FILE_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 @dataclass(frozen=True)
@@ -58,22 +79,69 @@ class Dataset:
         )
 
 
-def parse_idx(raw: bytes, *, name: str, ndim: int) -> np.ndarray:
-    """Decode one IDX (ubyte) array, checking the magic number, rank and exact length."""
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != IDX_UBYTE:
-        raise DataError(f"{name}: not an IDX ubyte file (bad magic number {raw[:4].hex()!r})")
-    if raw[3] != ndim:
-        raise DataError(f"{name}: expected an IDX array of rank {ndim}, found rank {raw[3]}")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
+def open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading if it is a regular file (a link to one is fine: data folders
+    are often mounted links); anything else is a DataError naming it. Every data file the job
+    reads is opened here.
+
+    Opening a FIFO for reading waits for a writer (forever, when none comes) and a device may
+    never end, so the open must not block: O_NONBLOCK makes it return at once, and fstat then
+    tells what was opened (the file itself, not a name that could change in between)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable ({exc.strerror})") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in FILE_KINDS if test(mode)), "a special file")
+            raise DataError(f"{path}: not a regular file ({kind})")
+        os.set_blocking(fd, True)  # meaningless for a regular file; reads as usual from here
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_exactly(stream: BinaryIO, size: int, mismatch: str) -> bytes:
+    """`size` bytes, reading one more to tell a longer stream: never more than that, since a
+    compressed stream may inflate without end. `mismatch` begins the error otherwise."""
+    body = stream.read(size + 1)
+    if len(body) != size:
+        found = "more" if len(body) > size else f"{len(body)} bytes"
+        raise DataError(f"{mismatch}, the data has {found}")
+    return body
+
+
+def read_idx(stream: BinaryIO, *, name: str, ndim: int, file_size: int | None = None) -> np.ndarray:
+    """Decode one IDX (ubyte) array from `stream`, checking the magic number, rank and exact
+    length. The size the header claims is checked (against `file_size` when known, and against
+    MAX_DATA_BYTES) before the body is read, so a hostile header costs nothing."""
+    magic = stream.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] != IDX_UBYTE:
+        raise DataError(f"{name}: not an IDX ubyte file (bad magic number {magic.hex()!r})")
+    if magic[3] != ndim:
+        raise DataError(f"{name}: expected an IDX array of rank {ndim}, found rank {magic[3]}")
+    raw_dims = stream.read(4 * ndim)
+    if len(raw_dims) < 4 * ndim:
         raise DataError(f"{name}: truncated IDX header")
-    dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = header + math.prod(dims)  # Python ints: a hostile header cannot overflow
-    if len(raw) != expected:
+    dims = tuple(int.from_bytes(raw_dims[4 * i : 4 + 4 * i], "big") for i in range(ndim))
+    header = 4 + 4 * ndim
+    size = math.prod(dims)  # Python ints: a hostile header cannot overflow
+    claimed = f"header says {dims} ({header + size} bytes)"
+    if file_size is not None and file_size != header + size:
+        raise DataError(f"{name}: IDX size mismatch: {claimed}, file has {file_size}")
+    if size > MAX_DATA_BYTES:
         raise DataError(
-            f"{name}: IDX size mismatch: header says {dims} ({expected} bytes), file has {len(raw)}"
+            f"{name}: {claimed}, more than a data file may hold ({MAX_DATA_BYTES} bytes)"
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    body = _read_exactly(stream, size, f"{name}: IDX size mismatch: {claimed}")
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
+
+
+def parse_idx(raw: bytes, *, name: str, ndim: int) -> np.ndarray:
+    """Decode one IDX (ubyte) array held in memory (see read_idx)."""
+    return read_idx(io.BytesIO(raw), name=name, ndim=ndim, file_size=len(raw))
 
 
 def validate(arrays: dict[str, np.ndarray], source: str) -> None:
@@ -98,41 +166,103 @@ def validate(arrays: dict[str, np.ndarray], source: str) -> None:
             )
 
 
-def _read(path: Path) -> bytes:
-    raw = path.read_bytes()
-    return gzip.decompress(raw) if path.suffix == ".gz" else raw
+@contextlib.contextmanager
+def _idx_stream(path: Path) -> Iterator[tuple[BinaryIO, int | None]]:
+    """An IDX file's bytes as a stream (inflated for `.gz`) and its size, when known."""
+    with open_regular(path) as fh:
+        if path.suffix != ".gz":
+            yield fh, os.fstat(fh.fileno()).st_size
+            return
+        with gzip.GzipFile(fileobj=fh, mode="rb") as inflated:
+            yield inflated, None  # known only once inflated: read_idx bounds it instead
 
 
 def read_idx_dir(folder: Path) -> dict[str, np.ndarray]:
     arrays = {}
     for key, stem in IDX_FILES.items():
         candidates = [folder / stem, folder / f"{stem}.gz"]
-        path = next((p for p in candidates if p.is_file()), None)
+        # exists(), not is_file(): a FIFO or folder of that name is reported as what it is.
+        path = next((p for p in candidates if p.exists()), None)
         if path is None:
             raise DataError(f"{folder}: missing IDX file {stem} (or {stem}.gz)")
+        ndim = 3 if key.startswith("x") else 1
         try:
-            raw = _read(path)
+            with _idx_stream(path) as (stream, size):
+                arrays[key] = read_idx(stream, name=str(path), ndim=ndim, file_size=size)
         except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
             raise DataError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
-        arrays[key] = parse_idx(raw, name=str(path), ndim=3 if key.startswith("x") else 1)
     return arrays
 
 
+def _npz_key(member: str) -> str:
+    return member.removesuffix(".npy")  # np.savez's names, as np.load lists them
+
+
+def _npy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> np.ndarray:
+    """One .npy array of an .npz: its header read and checked (uint8, the size it claims
+    against MAX_DATA_BYTES and against the size the zip declares) before its data is read.
+    np.load would allocate whatever a header claims, and unpickle object arrays."""
+    if info.file_size > MAX_NPY_HEADER + MAX_DATA_BYTES:
+        raise DataError(f"{name}: the archive declares {info.file_size} bytes, more than a data "
+                        f"file may hold ({MAX_DATA_BYTES} bytes)")  # fmt: skip
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(member, MAX_NPY_HEADER)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(member, MAX_NPY_HEADER)
+        else:
+            raise DataError(f"{name}: .npy format version {version} is not supported")
+        if dtype != np.uint8:
+            raise DataError(f"{name}: holds {dtype} data, expected uint8")
+        if any(d < 0 for d in shape):  # numpy's header parser lets them through
+            raise DataError(f"{name}: header says shape {shape}")
+        size = math.prod(shape)
+        claimed = f"header says shape {shape} ({size} bytes)"
+        if size > MAX_DATA_BYTES:
+            raise DataError(f"{name}: {claimed}, more than a data file may hold "
+                            f"({MAX_DATA_BYTES} bytes)")  # fmt: skip
+        if info.file_size != member.tell() + size:
+            raise DataError(f"{name}: size mismatch: {claimed}, the archive declares "
+                            f"{info.file_size - member.tell()} bytes of data")  # fmt: skip
+        body = _read_exactly(member, size, f"{name}: size mismatch: {claimed}")
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape, order="F" if fortran else "C")
+
+
 def read_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in IDX_FILES if k not in npz.files]
-            if missing:
-                raise DataError(f"{path}: .npz lacks arrays {missing} (Keras mnist.npz layout)")
-            return {k: npz[k] for k in IDX_FILES}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
-        # A truncated, empty or corrupt archive fails in np.load or only when an array is read.
-        raise DataError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
+    """A Keras-layout .npz (x_train, y_train, x_test, y_test), read member by member."""
+    with open_regular(path) as fh:
+        head = fh.read(4)
+        if head.startswith(bytes([0, 0, IDX_UBYTE])):
+            raise DataError(
+                f"{path}: one IDX file is not a data set: DATA_URI names the folder holding "
+                f"all four ({', '.join(IDX_FILES.values())}), or an .npz archive"
+            )
+        if head not in ZIP_MAGICS:
+            begins = f"begins {head.hex()!r}" if head else "empty"
+            raise DataError(f"{path}: not an .npz archive or IDX file ({begins})")
+        fh.seek(0)
+        try:
+            with zipfile.ZipFile(fh) as archive:
+                members = {_npz_key(i.filename): i for i in archive.infolist()}
+                missing = [k for k in IDX_FILES if k not in members]
+                if missing:
+                    raise DataError(f"{path}: .npz lacks arrays {missing} (Keras mnist.npz layout)")
+                return {k: _npy_member(archive, members[k], f"{path}: {k}") for k in IDX_FILES}
+        except (
+            OSError, ValueError, EOFError, KeyError, RuntimeError, NotImplementedError,
+            zipfile.BadZipFile, zlib.error,
+        ) as exc:  # fmt: skip
+            # A truncated, corrupt or encrypted archive fails in ZipFile or only when a member
+            # is read (its CRC is checked at its end).
+            raise DataError(
+                f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})"
+            ) from None
 
 
 def read_local(path: Path) -> dict[str, np.ndarray]:
     """A folder of IDX files, a folder holding `<dataset>.npz`/`mnist.npz`, or an .npz file."""
-    if path.is_file():
+    if not path.is_dir():  # a FIFO or device too: read_npz says what it is
         return read_npz(path)
     npz = sorted(path.glob("*.npz"))
     has_idx = any((path / s).exists() or (path / f"{s}.gz").exists() for s in IDX_FILES.values())

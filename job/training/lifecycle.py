@@ -19,7 +19,7 @@ from pathlib import Path
 from job import __version__, logs
 from job.config import Config
 from job.errors import JobError, PreconditionFailed, end_process
-from job.runstore import champion, layout
+from job.runstore import champion, layout, objects
 from job.runstore.layout import METRICS, STATUS
 from job.runstore.lease import Lease
 from job.runstore.local import LocalStore
@@ -112,8 +112,12 @@ class RunLifecycle:
             return
         store, status_key = self.shared.store, self.shared.key(STATUS)
         if self.finished:
-            raw, etag = store.get_if_changed(status_key, None)
-            status = layout.decode_json(raw, self.shared.where(STATUS)) if raw else {}
+            try:
+                status, etag = objects.read_if_changed(store, status_key, None, objects.STATUS)
+            except JobError as exc:  # the run stands; its heartbeat file is only a record
+                self.log.warning("status_unreadable", error=str(exc), action="decide, not record")
+                status, etag = None, None
+            status = status or {}
             if isinstance(status.get("promotion"), dict):
                 return
         try:

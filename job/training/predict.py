@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from job.errors import DataError
-from job.runstore import champion
+from job.runstore import champion, objects
 from job.runstore.digest import sha256_bytes
 from job.runstore.layout import MODEL_FILE
 from job.runstore.store import open_store
+from job.training.data import open_regular
 
 MAX_PIXELS = 4096 * 4096  # a scan or photo of a digit; more is a mistake or a decompression bomb
 
@@ -33,7 +34,11 @@ def champion_model(cfg, name: str, scratch: str) -> Path:
         raise DataError(f"{cfg.output_uri}: model {name} has no champion (python -m job models)")
     where = f"{store.uri.rstrip('/')}/{record.get('model')}"
     key = record.get("model")
-    raw = store.get_bytes(key) if isinstance(key, str) and key.endswith(MODEL_FILE) else None
+    raw = (
+        store.get_bytes(key, limit=objects.MAX_ARTIFACT)
+        if isinstance(key, str) and key.endswith(MODEL_FILE)
+        else None
+    )
     if raw is None or sha256_bytes(raw) != record.get("model_sha256"):
         raise DataError(f"{where}: missing or not the model the champion record names")
     path = Path(scratch) / Path(MODEL_FILE).name
@@ -46,7 +51,7 @@ def load_image(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with open_regular(path) as fh, Image.open(fh) as img:
             if img.width * img.height > MAX_PIXELS:
                 raise DataError(f"{path}: {img.width}x{img.height} pixels is not a digit image")
             gray = img.convert("L")
@@ -64,12 +69,13 @@ def predict(model_path: Path, image_paths: list[Path]) -> list[tuple[Path, int, 
     import keras
 
     path = resolve_model(model_path)
+    # The images first: a wrong one fails before the model's seconds of loading.
+    # Raw uint8: the model scales its own input (job.training.model).
+    batch = np.stack([load_image(p) for p in image_paths])[..., None]
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises what its readers raise: zip, JSON, HDF5, config
         raise DataError(f"{path}: not a Keras model ({type(exc).__name__}: {exc})") from None
-    # Raw uint8: the model scales its own input (job.training.model).
-    batch = np.stack([load_image(p) for p in image_paths])[..., None]
     probs = np.asarray(model.predict(batch, verbose=0))
     return [
         (p, int(row.argmax()), float(row.max())) for p, row in zip(image_paths, probs, strict=True)

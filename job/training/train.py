@@ -21,9 +21,10 @@ from job.training.callbacks import EpochReporter, EvaluateAverage, StopAtAccurac
 from job.training.context import RunContext
 from job.training.model import build_model, compile_model, layer_table, learning_rate
 from job.training.plan import TrainingPlan, prepare, training_plan
-from job.training.preemption import PreemptionGuard
+from job.training.preemption import PreemptionGuard, stopped_as_preempted
 
 
+@stopped_as_preempted()  # a stop request during setup ends the run as Preempted
 def run(
     config: Config,
     *,
@@ -44,6 +45,7 @@ def run(
     )
     with ctx, precision.policy(t.precision) as chosen:
         if ctx.finished:
+            ctx.guard.defer()  # the champion decision below is not cut short
             ctx.log.info("run_already_succeeded", location=ctx.run.shared.location)
             ctx.run.promote()
             return ctx.run.published_metrics()
@@ -56,6 +58,9 @@ def run(
             first_epoch = ctx.checkpointer.restore(
                 model, resume_settings(config, ds, plan), discard=config.resume == "discard"
             )
+        # Setup is done and training begins: from here a stop request waits for the next batch
+        # or epoch boundary, so the epochs trained are checkpointed (job.training.preemption).
+        ctx.guard.defer()
         with distribute.peer_errors(config.cluster):
             fit_seconds, stopper = fit(ctx, model, plan, first_epoch)
             probs, eval_seconds = evaluate(model, ds)
