@@ -22,7 +22,7 @@ from pathlib import Path
 
 from job import logs
 from job.config import Config
-from job.errors import EXIT_SOFTWARE, ConfigError, JobError, TransientError
+from job.errors import ConfigError, JobError, TransientError, classify
 from job.launch import wml
 from job.runstore import layout
 from job.runstore.store import open_store
@@ -52,8 +52,8 @@ def run(name: str, check: Callable[[], str]) -> Result:
     except JobError as exc:
         return Result(name, False, str(exc), exc.exit_code, _since(started))
     except Exception as exc:  # a check must report, not crash the report
-        detail = f"unexpected {type(exc).__name__}: {exc}"
-        return Result(name, False, detail, EXIT_SOFTWARE, _since(started))
+        detail, code = classify(exc)
+        return Result(name, False, detail, code, _since(started))
     return Result(name, True, detail, 0, _since(started))
 
 

@@ -335,7 +335,11 @@ def cmd_predict(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     logs.import_tensorflow_quietly(cfg.logging.level)
     from job.training.predict import champion_model, predict  # deferred: TensorFlow
 
-    with tempfile.TemporaryDirectory(prefix="mnist-job-predict-", dir=cfg.work_dir) as scratch:
+    try:
+        scratch_dir = tempfile.TemporaryDirectory(prefix="mnist-job-predict-", dir=cfg.work_dir)
+    except OSError as exc:
+        raise ConfigError("WORK_DIR", cfg.work_dir, f"a writable folder ({exc.strerror})") from None
+    with scratch_dir as scratch:
         model = Path(args.model)
         named = args.model == "champion" or args.model.startswith(f"{layout.MODELS}/")
         if named and not model.exists():  # a file or folder of that name is what it says

@@ -402,14 +402,15 @@ def test_forwarded_values_reach_kubernetes_literally(tmp_path, s3_endpoint, buck
     from job import config
     from job.launch.k8s import render_job
 
-    env = {**cos_env(s3_endpoint), "OUTPUT_URI": f"s3://{bucket}/x/$(COS_SECRET_ACCESS_KEY)",
+    env = {**cos_env(s3_endpoint), "OUTPUT_URI": f"s3://{bucket}/x/$(COS_SECRET_ACCESS_KEY)-a$$b",
            "RUN_ID": "literal", "EPOCHS": "3"}  # fmt: skip
     rendered = render_job(config.from_env(env), env, "cpu", None)
     (job,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Job"]
     values = {
         e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
     }
-    assert values["OUTPUT_URI"] == f"s3://{bucket}/x/$$(COS_SECRET_ACCESS_KEY)"
+    # Kubernetes turns $$ into $: every $ doubled is the value as written.
+    assert values["OUTPUT_URI"] == f"s3://{bucket}/x/$$(COS_SECRET_ACCESS_KEY)-a$$$$b"
     assert values["EPOCHS"] == "3"
 
 

@@ -32,7 +32,7 @@ from tests.test_hostile import TINY, finished
 
 __all__ = ["finished"]  # the module fixture: a real finished run (tests/test_hostile.py)
 
-EXAMPLES = int(os.environ.get("EXAMPLES", "18"))
+EXAMPLES = int(os.environ.get("EXAMPLES", "12"))
 HANG_GUARD_S = 20
 SUBMITTER_AS = 2 * 1024**3  # runs, watch, models, prune, promote, rollback, check
 TRAINER_AS = 12 * 1024**3  # TensorFlow reserves far more address space than it uses

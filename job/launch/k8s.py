@@ -73,9 +73,9 @@ def render_job(cfg: Config, env: dict[str, str], overlay: str, image: str | None
         {
             "op": "add",
             "path": "/spec/template/spec/containers/0/env/-",
-            # Kubernetes expands $(NAME) in a value from the container's other variables;
-            # $$( is a literal $( to it.
-            "value": {"name": k, "value": v.replace("$(", "$$(")},
+            # Kubernetes expands $(NAME) in a value from the container's other variables and
+            # turns $$ into $: every $ doubled is the value as written.
+            "value": {"name": k, "value": v.replace("$", "$$")},
         }
         for k, v in sorted(settings.items())
     ]

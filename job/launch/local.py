@@ -21,9 +21,12 @@ class Local(Backend):
     def submit(self, cfg: Config, env: dict[str, str], store: Store, opts: Options) -> Started:
         log = private_log(cfg.run_id)
         with os.fdopen(os.open(log, LOG_FLAGS, 0o600), "ab") as out:
+            # The child gets this process's own environment, not `env`: it runs in the same
+            # folder and reads the same .env, and a secret given as a file (COS_..._FILE) stays a
+            # file instead of becoming a value in /proc/<pid>/environ.
             child = subprocess.Popen(
                 [sys.executable, "-m", "job", "train"],
-                env={**env, "RUN_ID": cfg.run_id},
+                env={**os.environ, "RUN_ID": cfg.run_id},
                 stdout=out,
                 stderr=out,
                 start_new_session=True,  # outlives the submitter unless --wait

@@ -19,7 +19,7 @@ from job.launch.docker import Docker
 from job.launch.k8s import Kubernetes
 from job.launch.local import Local
 from job.launch.wml import WatsonML
-from job.runstore.layout import CANCELLED, SUBMISSION, SUCCESS, RunFiles, to_json
+from job.runstore.layout import CANCELLED, FAILURE, SUBMISSION, SUCCESS, RunFiles, to_json
 from job.runstore.lease import Lease, RunOwned
 from job.runstore.publish import now_iso
 from job.runstore.store import Store
@@ -89,9 +89,14 @@ def cancel(store: Store, cfg: Config) -> str:
     files = RunFiles(run_store(cfg, store, submitted), run_id)
     if files.exists(SUCCESS):
         return f"Run {run_id} already finished; nothing to cancel"
+    lease = Lease(files, cfg.lease_seconds)
+    # A failed run may be retried under its old _FAILURE (a Kubernetes Job's next pod): ended
+    # only when no live process holds it.
+    for marker, ended in ((FAILURE, "failed"), (CANCELLED, "cancelled")):
+        if files.exists(marker) and not lease.live_holder():
+            return f"Run {run_id} already {ended}; nothing to cancel"
     BACKENDS[submitted["backend"]].cancel(submitted["handle"], cfg)
     stopped = f"{submitted['backend']} {submitted['handle']}"
-    lease = Lease(files, cfg.lease_seconds)
     deadline = time.monotonic() + cfg.lease_seconds + CANCEL_GRACE_SECONDS
     while lease.live_holder() and not files.exists(SUCCESS):
         if time.monotonic() > deadline:

@@ -44,11 +44,12 @@ def progress_lines(status: dict, seen: set, tty: bool) -> list[str]:
                 )
             )
             continue
-        done = int(30 * entry["epoch"] / epochs) if epochs else 0
+        done = min(30, int(30 * entry["epoch"] / epochs)) if epochs else 0
         acc = entry.get("val_accuracy", entry.get("test_accuracy"))
         shown = f"  test accuracy {100 * acc:.2f}%" if acc is not None else ""
         bar = "#" * done + "." * (30 - done)
-        lines.append(f"[{bar}] {status.get('state')} epoch {entry['epoch']}/{epochs}{shown}")
+        state = printable(status.get("state"), 32)
+        lines.append(f"[{bar}] {state} epoch {entry['epoch']}/{epochs}{shown}")
     return lines
 
 

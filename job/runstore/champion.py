@@ -106,7 +106,8 @@ def _checked_candidate(store: Store, run_id: str) -> Candidate:
     if not (_number(accuracy) and 0 <= accuracy <= 1 and _number(loss)):
         raise DataError(f"{files.where(METRICS)}: no test_accuracy in [0, 1] and test_loss")
     # The model itself, as listed: a champion whose file is missing or altered serves nothing.
-    model = store.get_bytes(files.key(MODEL_FILE), limit=entries[MODEL_FILE]["size"])
+    limit = objects.artifact_limit(entries[MODEL_FILE]["size"])
+    model = store.get_bytes(files.key(MODEL_FILE), limit=limit)
     if model is None or sha256_bytes(model) != entries[MODEL_FILE]["sha256"]:
         raise DataError(f"{files.where(MODEL_FILE)}: missing or not the file {SUCCESS} lists")
     return Candidate(

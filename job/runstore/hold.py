@@ -21,11 +21,15 @@ import time
 
 from job.errors import DataError, PreconditionFailed, TransientError
 from job.runstore import objects
-from job.runstore.layout import HOLD, RunFiles, to_json
+from job.runstore.layout import HOLD, SUCCESS, RunFiles, to_json
 from job.runstore.lease import CLOCK_SKEW_SECONDS
 from job.runstore.store import Store
 
 HOLD_SECONDS = 3600
+# A prune deletes a run's end markers seconds after marking it; a `deleting` mark this old on a
+# run that still has `_SUCCESS` was left by a prune that died: a decision takes it over (prune
+# checks its mark is still its own just before deleting).
+STALE_SECONDS = 900
 ROUNDS = 5
 
 
@@ -40,24 +44,26 @@ def _put(store: Store, files: RunFiles, state: str, etag: str | None) -> str:
     return store.put_bytes(files.key(HOLD), body, if_match=etag)
 
 
-def _fresh(record: dict | None) -> bool:
-    """A `held` mark from the last HOLD_SECONDS (a mark from the future is nobody's)."""
-    if not record or record.get("state") != "held" or type(record.get("at")) not in (int, float):
+def _within(record: dict | None, state: str, seconds: float) -> bool:
+    """A `state` mark from the last `seconds` (a mark from the future is nobody's)."""
+    if not record or record.get("state") != state or type(record.get("at")) not in (int, float):
         return False
     now = time.time()
-    return now - HOLD_SECONDS < record["at"] <= now + CLOCK_SKEW_SECONDS
+    return now - seconds < record["at"] <= now + CLOCK_SKEW_SECONDS
 
 
 def hold(store: Store, run_id: str) -> str:
-    """Mark `run_id` held before a decision may name it; DataError if prune is deleting it.
-    Returns the mark's ETag (to take it back if the run turns out not to be there)."""
+    """Mark `run_id` held before a decision may name it, or a retry trains it again; DataError
+    if prune is deleting it. Returns the mark's ETag (to take it back if the run turns out not
+    to be there)."""
     files = RunFiles(store, run_id)
     for _ in range(ROUNDS):
         try:
             record, etag = _read(store, files)
         except DataError:
             record, etag = None, store.etag(files.key(HOLD))  # unreadable: replaced
-        if record is not None and record.get("state") == "deleting":
+        deleting = record is not None and record.get("state") == "deleting"
+        if deleting and (_within(record, "deleting", STALE_SECONDS) or not files.exists(SUCCESS)):
             raise DataError(f"{files.location}: being deleted by prune; not a candidate")
         try:
             return _put(store, files, "held", etag)
@@ -80,7 +86,7 @@ def mark_deleting(store: Store, run_id: str) -> str | None:
         record, etag = _read(store, files)
     except DataError:
         record, etag = None, store.etag(files.key(HOLD))
-    if _fresh(record):
+    if _within(record, "held", HOLD_SECONDS):
         return None
     if record is not None and record.get("state") == "deleting":
         return etag  # a prune that died half way: finish its work

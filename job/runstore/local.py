@@ -20,10 +20,10 @@ import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from job import logs
 from job.errors import ConfigError, DataError, JobError, PreconditionFailed, TransientError
-from job.runstore.objects import MAX_ARTIFACT
 
 # errno values a retry cannot fix: the folder is wrong, not busy.
 PERMANENT_ERRNOS = {
@@ -136,7 +136,9 @@ class LocalStore:
 
     # --- reading ---
 
-    def _read(self, key: str, limit: int) -> bytes | None:
+    def _open(self, key: str) -> tuple[BinaryIO, int] | None:
+        """The object at `key` open for reading, with its size; None when there is none. A
+        link is refused, and so is anything but a regular file (a FIFO never blocks)."""
         *folder, name = self._parts(key)
         path = self._path(key)
         with self._folder(folder, "read") as fd:
@@ -150,25 +152,39 @@ class LocalStore:
                 if exc.errno == errno.ELOOP:
                     raise self._linked(path, "read") from None
                 raise self._os_error("read", path, exc) from None
-        with os.fdopen(file, "rb") as fh:
-            info = os.fstat(fh.fileno())
-            if stat.S_ISDIR(info.st_mode):
-                return None  # a folder is not an object (as in a bucket)
-            if not stat.S_ISREG(info.st_mode):
-                raise DataError(f"{path}: not a regular file")
-            if info.st_size > limit:
-                raise DataError(f"{path}: {info.st_size} bytes, more than the {limit} expected")
+        fh = os.fdopen(file, "rb")
+        info = os.fstat(file)
+        if stat.S_ISREG(info.st_mode):
+            return fh, info.st_size
+        fh.close()
+        if stat.S_ISDIR(info.st_mode):
+            return None  # a folder is not an object (as in a bucket)
+        raise DataError(f"{path}: not a regular file")
+
+    def _read(self, key: str, limit: int) -> bytes | None:
+        opened = self._open(key)
+        if opened is None:
+            return None
+        fh, size = opened
+        with fh:
+            if size > limit:
+                raise DataError(f"{self._path(key)}: {size} bytes, more than the {limit} expected")
             data = fh.read(limit + 1)
         if len(data) > limit:  # grew while read
-            raise DataError(f"{path}: more than the {limit} bytes expected")
+            raise DataError(f"{self._path(key)}: more than the {limit} bytes expected")
         return data
 
     def get_bytes(self, key: str, *, limit: int) -> bytes | None:
         return self._read(key, limit)
 
     def etag(self, key: str) -> str | None:
-        raw = self._read(key, MAX_ARTIFACT)
-        return None if raw is None else _md5(raw)
+        """The content's MD5, streamed: any size costs no memory (a huge planted lease is
+        still replaced, not a reason to stop)."""
+        opened = self._open(key)
+        if opened is None:
+            return None
+        with opened[0] as fh:
+            return hashlib.file_digest(fh, lambda: hashlib.md5(usedforsecurity=False)).hexdigest()
 
     def get_if_changed(
         self, key: str, tag: str | None, *, limit: int

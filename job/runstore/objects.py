@@ -28,8 +28,14 @@ MAX_DEPTH = 12  # this job writes at most 5 levels (run.json's config sections)
 MAX_TEXT = 16 * KIB  # any one string; a reason or a log line is far shorter
 MAX_INT = 2**63  # a size in bytes or a pid fits; a 400-digit number does not
 # Any one file read whole into memory (a model, a checkpoint, an image to download): this job's
-# are a few MB; more than this is not one of its files.
-MAX_ARTIFACT = 1024 * MIB
+# are a few MB; more than this is not one of its files, whatever a manifest claims.
+MAX_ARTIFACT = 256 * MIB
+
+
+def artifact_limit(size: int) -> int:
+    """The bound for a file a manifest lists with `size` bytes."""
+    return min(size, MAX_ARTIFACT)
+
 
 Check = Callable[[object], bool]
 
@@ -61,6 +67,11 @@ def mapping_of(check: Check) -> Check:
 def fields(**checks: Check) -> Check:
     """An object whose named fields, where present, pass their checks (others are free)."""
     return lambda v: isinstance(v, dict) and all(k not in v or c(v[k]) for k, c in checks.items())
+
+
+def record(**checks: Check) -> Check:
+    """An object that has every named field, each passing its check (others are free)."""
+    return lambda v: isinstance(v, dict) and all(k in v and c(v[k]) for k, c in checks.items())
 
 
 def is_bool(value: object) -> bool:
@@ -105,7 +116,7 @@ METRICS = Kind("metrics", 16 * MIB, {
     "per_class": list_of(fields(**{"class": integer(0, 1000)}, recall=number(0, 1))),
 })  # fmt: skip
 MANIFEST = Kind("completion manifest", 4 * MIB, {
-    "files": list_of(fields(path=text(1024), size=integer(0), sha256=is_sha256)),
+    "files": list_of(record(path=text(1024), size=integer(0), sha256=is_sha256)),
 }, required=("files",))  # fmt: skip
 HOLD = Kind("hold", 64 * KIB, {"state": text(16), "at": number()})
 RUN_RECORD = Kind("run record", 1 * MIB, {"config": fields()})

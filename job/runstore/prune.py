@@ -54,10 +54,13 @@ def prune(store: Store, keep: int, older_than_hours: float, dry_run: bool) -> li
         mark = hold.mark_deleting(store, run_id)
         if mark is None:
             continue  # a champion decision holds it
-        # Read after the mark, not once: a run promoted meanwhile is a champion now.
-        if run_id in protected_runs(store):
+        # Read after the mark, not once: a run promoted meanwhile is a champion now, and a
+        # retry that took the lease meanwhile trains it (it checks the mark after its lease).
+        if run_id in protected_runs(store) or Lease(reader, 0).live_holder():
             hold.unmark(store, run_id, mark)
             continue
+        if store.etag(reader.key(HOLD)) != mark:
+            continue  # a decision took the run over a stale mark: it is not ours to delete
         # The end markers first: a run half deleted is never one that looks finished; the
         # hold mark last: until it goes, no decision takes the run.
         keys = store.list(run_id + "/")
@@ -75,16 +78,14 @@ def prune(store: Store, keep: int, older_than_hours: float, dry_run: bool) -> li
 
 
 def _finished_long_ago(store: Store, reader: RunReader, older_than_hours: float) -> bool:
-    """An end marker, no live lease, a heartbeat older than the limit; or a deletion that a
-    prune began and did not finish."""
-    if reader.exists(HOLD) and (reader.read_json(HOLD) or {}).get("state") == "deleting":
-        return True
-    if reader.outcome() is None:
-        return False  # no end marker: running
+    """No live lease, and an end marker with a heartbeat older than the limit, or no end marker
+    left by a deletion that a prune began and did not finish."""
     # A live lease: a process owns the run (a retry of a failed run resumes under the old
     # _FAILURE). A dead one (a SIGKILL right after _SUCCESS) is debris, deleted with the run.
     if Lease(reader, 0).live_holder():
         return False
+    if reader.outcome() is None:  # running, or half deleted
+        return reader.exists(HOLD) and (reader.read_json(HOLD) or {}).get("state") == "deleting"
     reader.poll_status()
     age = reader.heartbeat_age()
     return age is not None and age >= older_than_hours * 3600

@@ -8,8 +8,6 @@ well under a second without TensorFlow.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from job.runstore.layout import (
     RunFiles,
     safe_key,
 )
+from job.runstore.local import LocalStore
 from job.runstore.store import Store
 
 
@@ -79,9 +78,10 @@ class RunReader(RunFiles):
 
     def download(self, dest: Path) -> dict[str, bytes]:
         """metrics.json and the images into `dest`, each checked against its `_SUCCESS` hash
-        before it is moved in: nothing lands outside `dest`, no bad file is left behind.
-        Returns what was written, by key, as verified bytes (metrics.json is required)."""
-        dest = dest.resolve()
+        before it is moved in: nothing lands outside `dest` (written as a local store, so never
+        through a link planted in it), no bad file is left behind. Returns what was written, by
+        key, as verified bytes (metrics.json is required)."""
+        saved = LocalStore(dest, "--dest")
         written: dict[str, bytes] = {}
         entries = self.manifest()
         if METRICS not in {e["path"] for e in entries}:
@@ -90,24 +90,15 @@ class RunReader(RunFiles):
             name = entry["path"]
             if not name.startswith(DOWNLOADED):
                 continue
-            target = dest.joinpath(*name.split("/"))
-            if not target.is_relative_to(dest):  # safe_key already refused "..": belt and braces
-                raise DataError(f"{self.where(SUCCESS)}: {name!r} leaves {dest}")
-            raw = self.store.get_bytes(self.key(name), limit=entry["size"])
+            raw = self.store.get_bytes(self.key(name), limit=objects.artifact_limit(entry["size"]))
             if raw is None:
-                raise JobError(f"{self.where(name)} is listed in {SUCCESS} but missing")
+                raise DataError(f"{self.where(name)} is listed in {SUCCESS} but missing")
             if sha256_bytes(raw) != entry["sha256"]:
                 raise DataError(f"{self.where(name)}: SHA-256 differs from {SUCCESS}")
             try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-                with os.fdopen(fd, "wb") as fh:
-                    os.fchmod(fh.fileno(), 0o644)  # results, not secrets: the user's to read
-                    fh.write(raw)
-                os.replace(tmp, target)
-            except OSError as exc:  # `images/a` beside `images/a/b`, a 300-character name
-                why = exc.strerror or type(exc).__name__
-                raise DataError(f"{self.where(name)}: cannot be saved as {target}: {why}") from None
+                saved.put_bytes(name, raw)
+            except JobError as exc:  # `images/a` beside `images/a/b`, a 300-character name
+                raise DataError(f"{self.where(name)}: cannot be saved in {dest}: {exc}") from None
             written[name] = raw
         return written
 

@@ -22,6 +22,11 @@ CONNECT_TIMEOUT = 5
 READ_TIMEOUT = 60
 AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"}
 MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+# S3's "try again" answers (besides every 5xx, 408, 409 and 429).
+RETRY_CODES = {
+    "SlowDown", "RequestTimeout", "ServiceUnavailable", "TooManyRequests", "OperationAborted",
+    "IncompleteBody", "InternalError", "Throttling", "ThrottlingException",
+}  # fmt: skip
 
 
 def client(storage: Storage):
@@ -119,9 +124,14 @@ class S3Store:
                 "COS_ACCESS_KEY_ID", "***",
                 f"HMAC keys allowed to {action} {where} ({code or status})",
             )  # fmt: skip
-        if status >= 500 or code in {"SlowDown", "RequestTimeout", "ServiceUnavailable"}:
+        if status >= 500 or status in (408, 409, 429) or code in RETRY_CODES:
             return TransientError(f"cannot {action} {where}: {code or status} after retries")
-        return JobError(f"cannot {action} {where}: {code or status}")
+        # Any other refusal: the store does not accept what this job sends it (an S3-compatible
+        # server with gaps, a proxy), which a retry will not change.
+        return ConfigError(
+            "COS_ENDPOINT", self.endpoint, f"an S3 store that accepts this job's requests "
+            f"({code or status} on {action} {where})",
+        )  # fmt: skip
 
     def put_bytes(
         self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False

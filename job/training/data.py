@@ -131,10 +131,10 @@ def read_idx(stream: BinaryIO, *, name: str, ndim: int, file_size: int | None = 
     claimed = f"header says {dims} ({header + size} bytes)"
     if file_size is not None and file_size != header + size:
         raise DataError(f"{name}: IDX size mismatch: {claimed}, file has {file_size}")
-    if size > MAX_DATA_BYTES:
-        raise DataError(
-            f"{name}: {claimed}, more than a data file may hold ({MAX_DATA_BYTES} bytes)"
-        )
+    # Labels are one byte per image: a label file may claim no more labels than images fit.
+    most = MAX_DATA_BYTES if ndim > 1 else MAX_DATA_BYTES // math.prod(IMAGE_SHAPE)
+    if size > most:
+        raise DataError(f"{name}: {claimed}, more than a data file may hold ({most} bytes)")
     body = _read_exactly(stream, size, f"{name}: IDX size mismatch: {claimed}")
     return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 

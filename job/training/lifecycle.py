@@ -18,9 +18,9 @@ from pathlib import Path
 
 from job import __version__, logs
 from job.config import Config
-from job.errors import JobError, PreconditionFailed, end_process
-from job.runstore import champion, layout, objects
-from job.runstore.layout import METRICS, STATUS
+from job.errors import DataError, JobError, PreconditionFailed, TransientError, end_process
+from job.runstore import champion, hold, layout, objects
+from job.runstore.layout import HOLD, METRICS, STATUS
 from job.runstore.lease import Lease
 from job.runstore.local import LocalStore
 from job.runstore.publish import RunPublisher, now_iso
@@ -82,10 +82,22 @@ class RunLifecycle:
             if self.shared.succeeded():
                 self.finished = True
                 return False
+            self._not_being_pruned()
             self.lease.start()
         self.publisher.adopt()
         self.publisher.start(run_record(self.config))
         return True
+
+    def _not_being_pruned(self) -> None:
+        """A retry of an ended run, under its lease: prune may have marked the run for deletion
+        just before (it re-checks for a live lease after its mark; this is the other side)."""
+        if not self.shared.exists(HOLD):
+            return
+        try:
+            hold.hold(self.shared.store, self.config.run_id)
+        except DataError as exc:
+            self.lease.release()  # type: ignore[union-attr]
+            raise TransientError(f"{exc}; retry once it is gone") from None
 
     def release(self) -> None:
         if self.lease is not None:
