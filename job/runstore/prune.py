@@ -42,7 +42,7 @@ def prune(store: Store, keep: int, older_than_hours: float, dry_run: bool) -> li
     for run_id in run_ids[keep:]:
         reader = RunReader(store, run_id)
         try:
-            if not _finished_long_ago(store, reader, older_than_hours):
+            if not _finished_long_ago(reader, older_than_hours):
                 continue
         except JobError:
             continue  # unreadable: left for a person to look at
@@ -69,15 +69,18 @@ def prune(store: Store, keep: int, older_than_hours: float, dry_run: bool) -> li
         middle = [k for k in keys if k not in first and k not in last]
         for key in [k for k in first if k in keys] + middle + last:
             store.delete(key)
-        if run_id in store.children():
-            # Something this job never deletes (a link, a file being written) keeps the folder.
-            logs.get("job.prune").warning("run_not_removed", run_id=run_id, files="deleted")
-            continue
         pruned.append(run_id)
-    return pruned
+    if dry_run or not pruned:
+        return pruned
+    # One listing for all of them: something this job never deletes (a link, a file being
+    # written) keeps a folder, and that run is not reported deleted.
+    left = set(store.children()) & set(pruned)
+    for run_id in sorted(left):
+        logs.get("job.prune").warning("run_not_removed", run_id=run_id, files="deleted")
+    return [r for r in pruned if r not in left]
 
 
-def _finished_long_ago(store: Store, reader: RunReader, older_than_hours: float) -> bool:
+def _finished_long_ago(reader: RunReader, older_than_hours: float) -> bool:
     """No live lease, and an end marker with a heartbeat older than the limit, or no end marker
     left by a deletion that a prune began and did not finish."""
     # A live lease: a process owns the run (a retry of a failed run resumes under the old
@@ -85,7 +88,7 @@ def _finished_long_ago(store: Store, reader: RunReader, older_than_hours: float)
     if Lease(reader, 0).live_holder():
         return False
     if reader.outcome() is None:  # running, or half deleted
-        return reader.exists(HOLD) and (reader.read_json(HOLD) or {}).get("state") == "deleting"
+        return (reader.read_json(HOLD) or {}).get("state") == "deleting"
     reader.poll_status()
     age = reader.heartbeat_age()
     return age is not None and age >= older_than_hours * 3600
