@@ -5,12 +5,17 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# The WML submitter's environment: its client needs numpy 1.x, TensorFlow numpy 2 (job/launch/wml.py).
-# Run it from the repository root: `.venv-wml/bin/python -m job submit --backend wml`.
-WML_VENV := .venv-wml
+# The deprecated WML client (ibm-watson-machine-learning) in a test environment of its own: it
+# needs numpy 1.x, TensorFlow numpy 2. The main environment has the maintained client.
+WML_VENV := .venv-wml-deprecated
 WML_STAMP := $(WML_VENV)/.installed
 TF214_VENV := .venv-tf214
 TF214_STAMP := $(TF214_VENV)/.installed
+# WML's current runtime, Runtime 25.1 (runtime-25.1-py3.12: TensorFlow 2.18, Keras 3), runs on
+# Python 3.12: pyenv's where there is one (its shim only answers for the global version).
+TF218_VENV := .venv-tf218
+TF218_STAMP := $(TF218_VENV)/.installed
+PYTHON312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) python3.12)
 # The Kubernetes policy scanner (checkov) has its own environment: it pins boto3 1.35, the job
 # needs >= 1.36 (COS checksums).
 SCAN_VENV := .venv-scan
@@ -22,7 +27,7 @@ QUIET_PIP := { grep -v 'is ignored: it is neither a file nor a directory' || tru
 VARIANT ?= cpu
 IMAGE ?= mnist-job:$(VARIANT)
 
-.PHONY: help venv venv-wml venv-tf214 data train test lint format lock docs bench bench-short bench-heldout bench-runs bench-startup image image-test image-test-gpu clean
+.PHONY: help venv venv-wml-deprecated venv-tf214 venv-tf218 data train test lint format lock docs bench bench-short bench-heldout bench-runs bench-startup image image-test image-test-gpu clean
 
 help:
 	@echo "make train   - set up, fetch MNIST, train with defaults (results under ./runs)"
@@ -48,13 +53,13 @@ $(STAMP): requirements-dev.lock pyproject.toml
 
 venv: $(STAMP)
 
-$(WML_STAMP): requirements-wml.lock pyproject.toml
+$(WML_STAMP): requirements-wml-deprecated.lock pyproject.toml
 	$(PYTHON) -m venv $(WML_VENV)
 	$(WML_VENV)/bin/python -m pip install --quiet --upgrade "pip>=24" 2>&1 | $(QUIET_PIP)
-	$(WML_VENV)/bin/python -m pip install --quiet -r requirements-wml.lock 2>&1 | $(QUIET_PIP)
+	$(WML_VENV)/bin/python -m pip install --quiet -r requirements-wml-deprecated.lock 2>&1 | $(QUIET_PIP)
 	touch $(WML_STAMP)
 
-venv-wml: $(WML_STAMP)
+venv-wml-deprecated: $(WML_STAMP)
 
 # WML's TensorFlow runtime (tensorflow_rt24.1-py3.11: TensorFlow 2.14.1, Keras 2), in which
 # tests/test_runtimes.py runs the model-definition zip's own command.
@@ -65,6 +70,16 @@ $(TF214_STAMP): requirements-tf214.lock
 	touch $(TF214_STAMP)
 
 venv-tf214: $(TF214_STAMP)
+
+# WML's Runtime 25.1 (runtime-25.1-py3.12: TensorFlow 2.18.1, Keras 3, Python 3.12), in which
+# tests/test_runtimes.py runs the model-definition zip's command too.
+$(TF218_STAMP): requirements-tf218.lock
+	$(PYTHON312) -m venv $(TF218_VENV)
+	$(TF218_VENV)/bin/python -m pip install --quiet --upgrade "pip>=24" 2>&1 | $(QUIET_PIP)
+	$(TF218_VENV)/bin/python -m pip install --quiet -r requirements-tf218.lock 2>&1 | $(QUIET_PIP)
+	touch $(TF218_STAMP)
+
+venv-tf218: $(TF218_STAMP)
 
 $(SCAN_STAMP): requirements-scan.lock
 	$(PYTHON) -m venv $(SCAN_VENV)
@@ -106,7 +121,7 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-test: data lint $(WML_STAMP) $(TF214_STAMP)
+test: data lint $(WML_STAMP) $(TF214_STAMP) $(TF218_STAMP)
 	$(PY) -m pytest
 
 # docs/configuration.md's variable table, regenerated from job/config/settings.py (a test
@@ -118,8 +133,8 @@ docs: $(STAMP)
 
 lock: $(STAMP)
 	$(VENV)/bin/pip-compile -q --no-header --strip-extras --no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
-	$(VENV)/bin/pip-compile -q --no-header --strip-extras --no-emit-index-url --no-emit-find-links --extra dev -o requirements-dev.lock pyproject.toml
-	$(VENV)/bin/pip-compile -q --no-header --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-wml.lock requirements-wml.in
+	$(VENV)/bin/pip-compile -q --no-header --strip-extras --no-emit-index-url --no-emit-find-links --extra dev --extra wml -o requirements-dev.lock pyproject.toml
+	$(VENV)/bin/pip-compile -q --no-header --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-wml-deprecated.lock requirements-wml-deprecated.in
 	$(VENV)/bin/pip-compile -q --no-header --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-tf214.lock requirements-tf214.in
 	$(VENV)/bin/pip-compile -q --no-header --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-gpu.lock requirements-gpu.in
 	$(VENV)/bin/pip-compile -q --no-header --strip-extras --no-emit-index-url --no-emit-find-links -o requirements-scan.lock requirements-scan.in
@@ -140,7 +155,7 @@ image-test-gpu: data $(STAMP)
 	  $(PY) -m pytest -p no:cacheprovider tests/image/test_gpu_image.py
 
 clean:
-	rm -rf $(VENV) $(WML_VENV) $(TF214_VENV) $(SCAN_VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(WML_VENV) $(TF214_VENV) $(TF218_VENV) $(SCAN_VENV) .pytest_cache .ruff_cache *.egg-info
 
 bench: data
 	$(PY) bench/bench.py

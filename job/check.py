@@ -155,17 +155,19 @@ def peers(cfg: Config) -> str:
 
 
 def wml_service(cfg: Config) -> str:
-    """Credentials, the space and the software/hardware specifications (the submitter's side)."""
-    try:
-        api = wml.client(cfg.wml)
-    except ImportError:
-        raise ConfigError(
-            "WML_URL", cfg.wml.url, "a submitter environment with ibm-watson-machine-learning "
-            "(make venv-wml; .venv-wml/bin/python -m job check)",
-        ) from None  # fmt: skip
-    with wml.reaching(str(cfg.wml.url)):
-        software, hardware = wml.choose_specs(cfg.wml, *wml.offered_specs(api))
-    return f"space {cfg.wml.space_id}: software {software}, hardware {hardware}"
+    """Sign-in, the space, the specifications WML offers and those a run would get, and the
+    connection asset if one is named (the submitter's side)."""
+    api = wml.client(cfg.wml)
+    with wml.reaching(cfg.wml):
+        software, hardware = wml.offered_specs(api)
+    chosen_software, chosen_hardware = wml.choose_specs(cfg.wml, software, hardware)
+    wml.check_connection(api, cfg.wml)
+    runtimes = [name for name in software if wml.tensorflow_runtime(name)]
+    return (
+        f"space {cfg.wml.space_id}: software {chosen_software}, hardware {chosen_hardware} "
+        f"(TensorFlow runtimes offered: {wml.listing(runtimes)}; hardware offered: "
+        f"{wml.listing(hardware)})"
+    )
 
 
 def devices(cfg: Config) -> str:

@@ -84,7 +84,7 @@ TRANSIENT_ERRNOS = {
 }  # fmt: skip
 # Libraries whose exceptions are, when they escape the code that should have translated them,
 # a network fault (connection dropped, endpoint unreachable, timeout), never a bug in the job.
-NETWORK_MODULES = ("botocore", "urllib3", "requests", "http", "ssl", "socket")
+NETWORK_MODULES = ("botocore", "urllib3", "requests", "httpx", "httpcore", "http", "ssl", "socket")
 
 
 def classify(exc: BaseException) -> tuple[str, int]:

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 from collections import deque
 from collections.abc import Iterator
 
@@ -124,6 +125,41 @@ def import_tensorflow_quietly(level: str = "info") -> None:
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
     with native_output_silenced(level):
         import tensorflow  # noqa: F401
+
+
+class _Forward(logging.Handler):
+    """A library's log records as the job's debug events, one bounded line each."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        structlog.get_logger().debug(
+            "library_log", logger=record.name, message=printable(record.getMessage(), 500)
+        )
+
+
+@contextlib.contextmanager
+def library_chatter(*loggers: str) -> Iterator[None]:
+    """Meanwhile, what the named libraries log and warn becomes the job's own events instead of
+    raw prose on stderr (which holds JSON lines in a container): their log records at debug
+    (the WML clients log each refusal they then raise, which the job reports once as its error
+    line), their warnings at warning (a deprecation at debug)."""
+    handler = _Forward()
+    saved = [(logger, logger.propagate) for logger in map(logging.getLogger, loggers)]
+    for logger, _ in saved:
+        logger.addHandler(handler)
+        logger.propagate = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            yield
+    finally:
+        for logger, propagate in saved:
+            logger.removeHandler(handler)
+            logger.propagate = propagate
+        log = structlog.get_logger()
+        for warning in caught:
+            level = log.debug if issubclass(warning.category, DeprecationWarning) else log.warning
+            level("library_warning", category=warning.category.__name__,
+                  message=printable(warning.message, 500))  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -431,7 +431,6 @@ def test_host_paths_stay_on_the_host(out, tmp_path):
 
 def test_wml_unreachable_is_transient(out, s3_endpoint, bucket, tmp_path, mnist_dir):
     """Found by submit's checks before anything is stored (and without them, by the client)."""
-    wml_python = ROOT / ".venv-wml" / "bin" / "python"
     env = env_for(
         out, **cos_env(s3_endpoint), WML_URL="https://127.0.0.1:9", WML_TOKEN="token-123456789",
         WML_SPACE_ID="s1", OUTPUT_URI=f"s3://{bucket}/runs", DATA_URI=f"s3://{bucket}/mnist",
@@ -443,10 +442,7 @@ def test_wml_unreachable_is_transient(out, s3_endpoint, bucket, tmp_path, mnist_
     ds = data.load("mnist", mnist_dir).limited(200, 50)
     upload_slice(s3_endpoint, bucket, {k: getattr(ds, k) for k in data.IDX_FILES})
     for skip in ([], ["--no-check"]):
-        proc = subprocess.run(
-            [str(wml_python), "-m", "job", "submit", "--backend", "wml", "--run-id", "w1", *skip],
-            env=env, cwd=tmp_path, capture_output=True, text=True, check=False,
-        )  # fmt: skip
+        proc = run_job("submit", "--backend", "wml", "--run-id", "w1", *skip, env=env, cwd=tmp_path)
         assert proc.returncode == EXIT_TRANSIENT, proc.stderr[-2000:]
         assert "cannot reach WML_URL=https://127.0.0.1:9" in one_error_line(proc.stderr)
 

@@ -115,7 +115,8 @@ def assert_average_scored_and_kept(results: list[dict]) -> None:
 
 def test_the_weight_average_is_scored_kept_and_checkpointed_keras_3():
     """The swap around each test pass, the average fit() keeps and its round trip through a
-    .weights.h5 checkpoint, under each precision policy (Keras 2: tests/test_runtimes.py)."""
+    .weights.h5 checkpoint, under each precision policy (Keras 2.14 and 3.5, WML's runtimes:
+    tests/test_runtimes.py)."""
     assert_average_scored_and_kept(ema_probe(sys.executable, Path(__file__).parent.parent))
 
 

@@ -1,13 +1,21 @@
-"""The WML backend with the real ibm-watson-machine-learning client (in .venv-wml) against the
-TLS stand-in of the WML REST endpoints (tests/support/wml_standin.py), and the loopback S3
-server."""
+"""The WML backend with the real `ibm-watsonx-ai` client (the `[wml]` extra, in the main
+environment) against the TLS stand-in of the WML REST endpoints (tests/support/wml_standin.py),
+and the loopback S3 server; the deprecated `ibm-watson-machine-learning` in its own small
+environment (`make venv-wml-deprecated`).
+
+The stand-in answers on https://127.0.0.1 as IBM Cloud and on https://localhost as a Cloud Pak
+for Data cluster (the harness's sitecustomize tells the clients so); tests of the Cloud Pak sign-in
+and storage carry `cpd` in their names, those of Runtime 25.1 `rt25`. The light commands run
+in-process (`cli`): the client's import then costs once per test session.
+"""
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import queue
+import runpy
+import socket
 import subprocess
 import sys
 import threading
@@ -16,26 +24,40 @@ import zipfile
 
 import pytest
 
-from tests.support.jobs import ROOT, job_env, run_job
+from job.config import sections
+from job.errors import ConfigError
+from job.launch import wml as wml_backend
+from tests.support.jobs import ROOT, cli, job_env, run_job
 from tests.support.s3 import SECRET_KEY, all_objects, cos_env
 from tests.support.wml_standin import WMLStandIn
 from tests.test_storage import upload_slice
 
-WML_PYTHON = ROOT / ".venv-wml" / "bin" / "python"
+DEPRECATED_PYTHON = ROOT / ".venv-wml-deprecated" / "bin" / "python"
+HARNESS = ROOT / "tests" / "support" / "wml_harness"
+CLOUD_APIKEY = "cloud-apikey-0123456789abcdef"
+CPD_USER, CPD_APIKEY, CPD_PASSWORD = "data-scientist", "cpd-apikey-0123456789", "pw-1"
+# The sign-ins, as variables on top of WML_URL (https://127.0.0.1: IBM Cloud; localhost: CPD).
+SIGN_INS = {
+    "cloud-apikey": {"WML_APIKEY": CLOUD_APIKEY},
+    "cloud-token": {"WML_TOKEN": None},  # a token the stand-in issued
+    "cpd-apikey": {"WML_USERNAME": CPD_USER, "WML_APIKEY": CPD_APIKEY},
+    "cpd-password": {"WML_USERNAME": CPD_USER, "WML_PASSWORD": CPD_PASSWORD},
+    "cpd-token": {"WML_TOKEN": None},
+}
 
 
-def token() -> str:
-    """A bearer token shaped like IAM's (the client reads `exp` from the JWT payload)."""
-
-    def part(data: dict) -> str:
-        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
-
-    return f"{part({'alg': 'none'})}.{part({'exp': int(time.time()) + 3600})}.sig"
+@pytest.fixture(scope="module", autouse=True)
+def harness():
+    """The harness's sitecustomize, run in this process for the in-process commands (it only
+    widens which hosts the clients accept; subprocesses get it through PYTHONPATH)."""
+    runpy.run_path(str(HARNESS / "sitecustomize.py"))
 
 
 @pytest.fixture
 def standin(tmp_path):
     server = WMLStandIn(tmp_path)
+    server.cloud_apikeys.add(CLOUD_APIKEY)
+    server.cpd_users[CPD_USER] = {"api_key": CPD_APIKEY, "password": CPD_PASSWORD}
     yield server
     server.stop()
 
@@ -53,27 +75,42 @@ def wml_env(standin, s3_endpoint, bucket, mnist_dir, tmp_path):
         RECIPE="seed",
         EPOCHS="2",
         WML_URL=standin.url,
-        WML_TOKEN=token(),
+        WML_TOKEN=standin.issue_token(iam_id="test"),
         WML_SPACE_ID="space-0001",
         WML_HARDWARE_SPEC="V100",
         WML_SOFTWARE_SPEC="tensorflow_rt24.1-py3.11",
         WML_NODES="1",
-        REQUESTS_CA_BUNDLE=str(standin.cert),  # trust the stand-in's certificate, verified
+        WML_CA_BUNDLE=str(standin.cert),  # trust the stand-in's certificate, verified
         # The repository (the job package) and the harness's sitecustomize.
-        PYTHONPATH=f"{ROOT}:{ROOT / 'tests' / 'support' / 'wml_harness'}",
+        PYTHONPATH=f"{ROOT}:{HARNESS}",
     )
 
 
-def wml(*args: str, env: dict, cwd, timeout: float = 300) -> subprocess.CompletedProcess:
-    assert WML_PYTHON.exists(), "run `make venv-wml` (make test does)"
+def signed_in_as(shape: str, standin: WMLStandIn, env: dict) -> dict:
+    """`env` with only the variables of one sign-in (SIGN_INS) and the URL of its platform."""
+    env = {k: v for k, v in env.items() if k not in ("WML_TOKEN", "WML_APIKEY")}
+    url = (
+        standin.url if shape.startswith("cloud") else standin.url.replace("127.0.0.1", "localhost")
+    )
+    variables = {k: v or standin.issue_token(username=CPD_USER) for k, v in SIGN_INS[shape].items()}
+    if shape == "cloud-apikey":  # IBM Cloud's IAM, here the stand-in's token route
+        variables["WML_AUTH_URL"] = f"{standin.url}/identity/token"
+    return {**env, "WML_URL": url, **variables}
+
+
+def wml(*args: str, env: dict, cwd, python=None) -> subprocess.CompletedProcess:
+    """The submitter: in this process (`cli`), or in another environment's interpreter."""
+    if python is None:
+        return cli(*args, env=env, cwd=cwd)
+    assert python.exists(), f"run `make` for {python} (make test does)"
     return subprocess.run(
-        [str(WML_PYTHON), "-m", "job", *args], env=env, cwd=cwd, capture_output=True,
-        text=True, timeout=timeout, check=False,
+        [str(python), "-m", "job", *args], env=env, cwd=cwd, capture_output=True,
+        text=True, timeout=300, check=False,
     )  # fmt: skip
 
 
-def submit(run_id: str, env: dict, cwd) -> tuple[str, dict]:
-    proc = wml("submit", "--backend", "wml", "--run-id", run_id, env=env, cwd=cwd)
+def submit(run_id: str, env: dict, cwd, python=None) -> tuple[str, dict]:
+    proc = wml("submit", "--backend", "wml", "--run-id", run_id, env=env, cwd=cwd, python=python)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert SECRET_KEY not in proc.stdout + proc.stderr
     submission = json.loads(all_objects_for(env)[f"runs/{run_id}/submission.json"])
@@ -151,7 +188,7 @@ def test_watch_follows_queued_running_completed(standin, wml_env, tmp_path):
     err_file = tmp_path / "watch.err"
     with err_file.open("w") as err_sink:
         watcher = subprocess.Popen(
-            [str(WML_PYTHON), "-m", "job", "watch", "wml-ok", "--interval", "0.2",
+            [sys.executable, "-m", "job", "watch", "wml-ok", "--interval", "0.2",
              "--stall-after", "300", "--dest", str(tmp_path / "got")],
             env=wml_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=err_sink, text=True,
         )  # fmt: skip
@@ -200,26 +237,36 @@ def test_cancel_goes_through_wml(standin, wml_env, tmp_path):
     assert watched.returncode == 4, watched.stdout + watched.stderr
 
 
-def test_the_submitter_environment_has_no_tensorflow(wml_env, tmp_path):
-    """.venv-wml holds the submitter's dependencies only: it starts and lists runs without
-    TensorFlow installed at all."""
-    missing = subprocess.run(
-        [str(WML_PYTHON), "-c", "import tensorflow"], capture_output=True, text=True, check=False
+def test_the_deprecated_client_submits_watches_and_cancels(standin, wml_env, tmp_path):
+    """ibm-watson-machine-learning, where it is the client installed (its own environment:
+    it needs numpy 1.x), makes the same calls."""
+    env = {**wml_env, "WML_APIKEY": CLOUD_APIKEY}  # the token wins: the API key is not used
+    probe = subprocess.run(
+        [str(DEPRECATED_PYTHON), "-c", "import ibm_watsonx_ai"], capture_output=True, check=False
     )
-    assert missing.returncode != 0 and "No module named 'tensorflow'" in missing.stderr
-    proc = wml("runs", env=wml_env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    assert probe.returncode != 0, "the deprecated client's environment has only that client"
+    training_id, _ = submit("wml-old", env, tmp_path, python=DEPRECATED_PYTHON)
+    assert standin.trainings[training_id]["entity"]["model_definition"]["software_spec"] == {
+        "name": "tensorflow_rt24.1-py3.11"
+    }
+    proc = wml("cancel", "wml-old", env=env, cwd=tmp_path, python=DEPRECATED_PYTHON)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    watched = wml("watch", "wml-old", "--interval", "0.2", env=env, cwd=tmp_path,
+                  python=DEPRECATED_PYTHON)  # fmt: skip
+    assert watched.returncode == 4, watched.stdout + watched.stderr
+    assert not [r for r in standin.requests if r["path"].startswith("/identity")]
 
 
-def test_unset_software_spec_takes_the_newest_tensorflow_runtime(standin, wml_env, tmp_path):
+def test_rt25_unset_specs_take_the_newest_tensorflow_runtime_and_gpu(standin, wml_env, tmp_path):
     env = {k: v for k, v in wml_env.items() if k not in ("WML_SOFTWARE_SPEC", "WML_HARDWARE_SPEC")}
     training_id, submission = submit("wml-newest", env, tmp_path)
     definition = standin.trainings[training_id]["entity"]["model_definition"]
-    # Offered: tensorflow_rt24.1-py3.11, tensorflow_rt25.1-py3.12 and its -edt variant.
-    assert definition["software_spec"] == {"name": "tensorflow_rt25.1-py3.12"}
-    assert definition["hardware_spec"] == {"name": "K80", "nodes": 1}, "the documented default"
+    # Offered: runtime-24.1-py3.11 (no TensorFlow), runtime-25.1-py3.12 (TensorFlow 2.18),
+    # tensorflow_rt24.1-py3.11 and its -edt variant; K80, K80x2, V100, V100x2, A100x2 and CPUs.
+    assert definition["software_spec"] == {"name": "runtime-25.1-py3.12"}
+    assert definition["hardware_spec"] == {"name": "V100", "nodes": 1}, "newest one-GPU spec"
     assert (submission["software_spec"], submission["hardware_spec"]) == (
-        "tensorflow_rt25.1-py3.12", "K80",
+        "runtime-25.1-py3.12", "V100",
     )  # fmt: skip
     (asset,) = [r["json"] for r in standin.requests if r["path"] == "/v2/assets"]
     assert '"versions": ["3.12"]' in json.dumps(asset), "the model definition's Python matches"
@@ -238,7 +285,9 @@ def test_a_spec_wml_does_not_offer_is_refused_before_anything_is_stored(
 ):
     env = {k: v for k, v in wml_env.items() if k != variable}
     if value is None:
-        standin.software_specs = [n for n in standin.software_specs if "tensorflow" not in n]
+        standin.software_specs = [
+            n for n in standin.software_specs if not wml_backend.tensorflow_runtime(n)
+        ]
     else:
         env[variable] = value
     proc = wml("submit", "--backend", "wml", "--run-id", "wml-spec", env=env, cwd=tmp_path)
@@ -256,10 +305,162 @@ def test_check_asks_wml_for_the_space_and_specs(standin, wml_env, mnist_dir, tmp
     rows = {json.loads(line)["check"]: json.loads(line) for line in proc.stdout.splitlines()}
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert rows["wml"]["detail"] == (
-        "space space-0001: software tensorflow_rt24.1-py3.11, hardware V100"
+        "space space-0001: software tensorflow_rt24.1-py3.11, hardware V100 (TensorFlow "
+        "runtimes offered: runtime-25.1-py3.12, tensorflow_rt24.1-py3.11; hardware offered: "
+        "A100x2, K80, K80x2, L, M, S, V100, V100x2, XL, XS, XXS)"
     )
     proc = wml("check", env={**env, "WML_HARDWARE_SPEC": "A100x9"}, cwd=tmp_path)
     rows = {json.loads(line)["check"]: json.loads(line) for line in proc.stdout.splitlines()}
     assert proc.returncode == 78 and not rows["wml"]["passed"]
     assert "WML_HARDWARE_SPEC='A100x9'" in rows["wml"]["detail"]
     assert SECRET_KEY not in proc.stdout + proc.stderr
+
+
+# The sign-in routes: what a client calls before it has a token.
+SIGN_IN_PATHS = ("/identity/token", "/icp4d-api/v1/authorize")
+
+
+@pytest.mark.parametrize("shape", list(SIGN_INS))
+def test_each_sign_in_submits_and_watches(shape, standin, wml_env, tmp_path):
+    """IBM Cloud (API key exchanged at IAM, or a token) and Cloud Pak for Data (user with an API
+    key or a password, or a token): the real client signs in, submits, and watch follows."""
+    env = signed_in_as(shape, standin, wml_env)
+    run_id = f"wml-{shape}"
+    training_id, _ = submit(run_id, env, tmp_path)
+    standin.set_state(training_id, "failed", "preempted by the test")
+    watched = wml("watch", run_id, "--interval", "0.2", env=env, cwd=tmp_path)
+    assert watched.returncode == 1, watched.stdout + watched.stderr
+    assert "failed on the platform: preempted by the test" in watched.stdout
+
+    sign_ins = [r for r in standin.requests if r["path"] in SIGN_IN_PATHS]
+    if shape == "cloud-apikey":
+        assert {r["path"] for r in sign_ins} == {"/identity/token"}
+    elif shape.startswith("cpd-") and not shape.endswith("token"):
+        secret = {"api_key": CPD_APIKEY} if shape == "cpd-apikey" else {"password": CPD_PASSWORD}
+        assert sign_ins and all(
+            r["path"] == "/icp4d-api/v1/authorize" and r["json"] == {"username": CPD_USER, **secret}
+            for r in sign_ins
+        ), sign_ins
+    else:
+        assert not sign_ins, "a token is used as it is"
+    # Every other call carried a token the stand-in issued: it answers 401 to anything else.
+    for secret in (CLOUD_APIKEY, CPD_APIKEY, SECRET_KEY):
+        assert secret not in watched.stdout + watched.stderr
+
+
+@pytest.mark.parametrize(
+    ("shape", "variable", "wrong"),
+    [
+        ("cpd-password", "WML_PASSWORD", "not-the-password"),
+        ("cpd-apikey", "WML_APIKEY", "not-the-api-key-0000"),
+        ("cloud-apikey", "WML_APIKEY", "not-the-api-key-0000"),
+    ],
+)
+def test_refused_credentials_are_78_naming_the_variable(
+    shape, variable, wrong, standin, wml_env, tmp_path
+):
+    env = {**signed_in_as(shape, standin, wml_env), variable: wrong}
+    if shape.startswith("cpd"):  # not the cluster's (5.2): the client warns, in prose
+        env["WML_CPD_VERSION"] = "5.1"
+    for args in (("submit", "--backend", "wml", "--run-id", "wml-wrong"), ("check",)):
+        proc = wml(*args, env=env, cwd=tmp_path)
+        said = proc.stdout + proc.stderr
+        assert proc.returncode == 78, said
+        assert f"{variable}=" in said and "accepts" in said and wrong not in said
+        # What the client logs and warns arrives as the job's JSON events, not raw prose.
+        lines = proc.stderr.strip().splitlines()
+        events = [json.loads(line) for line in lines if not line.startswith("error: ")]
+        assert len(events) >= len(lines) - 1
+        if shape.startswith("cpd"):
+            assert any(e["event"] == "library_warning" and "5.1" in e["message"] for e in events)
+    assert not standin.uploads and not standin.trainings
+    assert not [k for k in all_objects_for(env) if k.startswith("runs/wml-wrong")]
+
+
+def test_cpd_an_unreachable_cluster_is_75(standin, wml_env, tmp_path):
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**signed_in_as("cpd-password", standin, wml_env), "WML_URL": f"https://localhost:{port}"}
+    proc = wml("submit", "--backend", "wml", "--run-id", "wml-away", env=env, cwd=tmp_path)
+    assert proc.returncode == 75, proc.stdout + proc.stderr
+    assert f"cannot reach WML_URL=https://localhost:{port}" in proc.stderr
+    assert not [k for k in all_objects_for(env) if k.startswith("runs/wml-away")]
+
+
+def test_cpd_data_and_results_through_a_connection_asset(standin, wml_env, tmp_path):
+    """With WML_CONNECTION_ID the references name the space's connection asset and carry no
+    HMAC key; an id the space does not have is 78 before anything is stored."""
+    standin.connections.add("conn-cos-0001")
+    env = {**signed_in_as("cpd-apikey", standin, wml_env), "WML_CONNECTION_ID": "conn-cos-0001"}
+    training_id, _ = submit("wml-conn", env, tmp_path)
+    body = standin.trainings[training_id]["entity"]
+    bucket = env["OUTPUT_URI"].removeprefix("s3://").split("/")[0]
+    assert body["training_data_references"] == [
+        {"type": "connection_asset", "connection": {"id": "conn-cos-0001"},
+         "location": {"bucket": bucket, "path": "mnist"}},
+    ]  # fmt: skip
+    assert body["results_reference"] == {
+        "type": "connection_asset", "connection": {"id": "conn-cos-0001"},
+        "location": {"bucket": bucket, "path": "runs"},
+    }  # fmt: skip
+    sent = json.dumps([r["json"] for r in standin.requests])
+    assert SECRET_KEY not in sent and env["COS_ACCESS_KEY_ID"] not in sent
+
+    proc = wml("submit", "--backend", "wml", "--run-id", "wml-noconn", env={
+        **env, "WML_CONNECTION_ID": "conn-elsewhere"}, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 78, proc.stdout + proc.stderr
+    assert "WML_CONNECTION_ID='conn-elsewhere'" in proc.stderr and "space-0001" in proc.stderr
+    assert len(standin.trainings) == 1 and len(standin.uploads) == 1
+    assert not [k for k in all_objects_for(env) if k.startswith("runs/wml-noconn")]
+
+
+def test_without_a_client_check_watch_and_cancel_are_78_with_a_hint(
+    standin, wml_env, tmp_path, monkeypatch
+):
+    submit("wml-noclient", wml_env, tmp_path)
+    for module in wml_backend.CLIENTS:  # neither client can be imported from here on
+        monkeypatch.setitem(sys.modules, module, None)
+    for args in (("check",), ("watch", "wml-noclient"), ("cancel", "wml-noclient")):
+        proc = wml(*args, env=wml_env, cwd=tmp_path)
+        assert proc.returncode == 78, (args, proc.stdout + proc.stderr)
+        assert "pip install 'mnist-job[wml]'" in proc.stdout + proc.stderr, args
+
+
+def test_credentials_for_each_sign_in_and_what_is_missing(tmp_path):
+    base = {"url": "https://cpd.example.com/", "space_id": "s1"}
+
+    def given(maintained=True, **settings):
+        return wml_backend.credentials(sections.Wml(**base, **settings), maintained=maintained)
+
+    url = "https://cpd.example.com"
+    assert given(apikey="k" * 20) == {"url": url, "apikey": "k" * 20}
+    assert given(token="t", apikey="k") == {"url": url, "token": "t"}, "a token wins"
+    assert given(username="u", password="p", cpd_version="5.2") == {
+        "url": url, "username": "u", "password": "p", "version": "5.2"
+    }, "ibm-watsonx-ai: no instance id (it warns about one)"  # fmt: skip
+    assert given(False, username="u", apikey="k") == {
+        "url": url, "username": "u", "apikey": "k", "instance_id": "openshift"
+    }, "the deprecated client: the computed default"  # fmt: skip
+    assert given(False, username="u", apikey="k", instance_id="icp")["instance_id"] == "icp"
+    assert given(False, token="t", instance_id="openshift") == {
+        "url": url, "token": "t", "instance_id": "openshift"
+    }, "a Cloud Pak token to the deprecated client: the instance id says Cloud Pak"  # fmt: skip
+    assert given(token="t", instance_id="openshift") == {"url": url, "token": "t"}
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert given(apikey="k", ca_bundle=str(bundle), auth_url="https://iam.example.com/t") == {
+        "url": url, "apikey": "k", "verify": str(bundle), "auth_url": "https://iam.example.com/t"
+    }  # fmt: skip
+    for settings, variable in [
+        ({"username": "u"}, "WML_PASSWORD"),
+        ({"password": "p"}, "WML_USERNAME"),
+        ({}, "WML_APIKEY"),
+        ({"apikey": "k", "ca_bundle": str(tmp_path / "absent.pem")}, "WML_CA_BUNDLE"),
+    ]:
+        with pytest.raises(ConfigError) as refused:
+            given(**settings)
+        assert refused.value.variable == variable, settings
+    with pytest.raises(ConfigError) as refused:
+        wml_backend.credentials(sections.Wml(url="https://x.example.com"), maintained=True)
+    assert refused.value.variable == "WML_SPACE_ID"

@@ -94,4 +94,7 @@ https_url = pattern(
     re.compile(r"https://[A-Za-z0-9.\-\[\]:]+(:\d+)?(/[\w./-]*)?"), "an https:// URL"
 )
 region = pattern(re.compile(r"[a-z0-9-]{2,40}"), "a region name such as us-south")
+cpd_version = pattern(re.compile(r"\d{1,2}\.\d{1,2}"), "a Cloud Pak for Data version such as 5.2")
+# A Cloud Pak user name: what its identity providers allow, less spaces and control characters.
+username = pattern(re.compile(r"[\w.@+-]{1,256}"), "a user name of letters, digits and ._@+-")
 spec_name = pattern(re.compile(r"[A-Za-z0-9_.-]{1,100}"), "a name of [A-Za-z0-9_.-]")

@@ -87,8 +87,15 @@ class Wml:
     url: str | None = None
     apikey: str | None = field(default=None, repr=False)  # secret: the table says so
     token: str | None = field(default=None, repr=False)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    instance_id: str | None = None  # None: computed (job.launch.wml)
+    cpd_version: str | None = None
+    ca_bundle: str | None = None
+    auth_url: str | None = None
+    connection_id: str | None = None
     space_id: str | None = None
-    hardware_spec: str = default("WML_HARDWARE_SPEC")
+    hardware_spec: str | None = None  # None: computed (job.launch.wml)
     software_spec: str | None = None  # None: computed (job.launch.wml)
     nodes: int = default("WML_NODES")
 

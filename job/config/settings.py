@@ -195,20 +195,51 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("JOB_COMPLETION_INDEX", p.integer(0, 4095), None,
              "set by Kubernetes in an Indexed Job: this worker's index", "cluster",
              forward="no"),
-    Variable("WML_URL", p.https_url, None, "the WML service's https:// URL", "wml", "url",
-             side="submitter", forward="no"),
-    Variable("WML_APIKEY", p.secret, None, "an IBM Cloud API key", "wml", "apikey",
-             side="submitter", secret=True, forward="no"),
-    Variable("WML_TOKEN", p.secret, None, "a bearer token instead of WML_APIKEY (Cloud Pak)",
+    Variable("WML_URL", p.https_url, None,
+             "the WML service's https:// URL: an IBM Cloud region's "
+             "(`https://us-south.ml.cloud.ibm.com`) or a Cloud Pak for Data cluster's",
+             "wml", "url", side="submitter", forward="no"),
+    Variable("WML_APIKEY", p.secret, None,
+             "an IBM Cloud API key; on Cloud Pak for Data, the user's API key (with WML_USERNAME)",
+             "wml", "apikey", side="submitter", secret=True, forward="no"),
+    Variable("WML_TOKEN", p.secret, None, "a bearer token instead of a key or password",
              "wml", "token", side="submitter", secret=True, forward="no"),
+    Variable("WML_USERNAME", p.username, None,
+             "Cloud Pak for Data: the user to sign in as, with WML_APIKEY or WML_PASSWORD",
+             "wml", "username", side="submitter", forward="no"),
+    Variable("WML_PASSWORD", p.secret, None,
+             "Cloud Pak for Data: the user's password instead of an API key (any length; no "
+             "spaces or control characters)", "wml", "password", side="submitter", secret=True,
+             forward="no"),
+    Variable("WML_INSTANCE_ID", p.spec_name, computed("`openshift` when WML_USERNAME is set"),
+             "Cloud Pak for Data's instance id (read by the deprecated client only: "
+             "ibm-watsonx-ai tells the platform from WML_URL)", "wml", "instance_id",
+             side="submitter", forward="no"),
+    Variable("WML_CPD_VERSION", p.cpd_version, None,
+             "Cloud Pak for Data's version, e.g. `5.2`", "wml", "cpd_version",
+             side="submitter", forward="no", unset="asked of the cluster"),
+    Variable("WML_CA_BUNDLE", p.text, None,
+             "a PEM file of the certificates to trust for WML_URL (a cluster with its own CA)",
+             "wml", "ca_bundle", side="submitter", forward="no", unset="the system's"),
+    Variable("WML_AUTH_URL", p.https_url, None,
+             "the sign-in endpoint, where it is not the platform's own (IBM Cloud's IAM, "
+             "Cloud Pak for Data's `/icp4d-api/v1/authorize`)", "wml", "auth_url",
+             side="submitter", forward="no", unset="the platform's"),
+    Variable("WML_CONNECTION_ID", p.spec_name, None,
+             "a connection asset of the space for the bucket: WML reads the data and writes "
+             "the results through it, and no HMAC key travels with the training (Cloud Pak for "
+             "Data)", "wml", "connection_id", side="submitter", forward="no",
+             unset="the COS_* keys in the request"),
     Variable("WML_SPACE_ID", p.spec_name, None, "the deployment space to train in", "wml",
              "space_id", side="submitter", forward="no"),
-    Variable("WML_HARDWARE_SPEC", p.spec_name, "K80",
-             "WML hardware specification (one NVIDIA K80, as IBM's TensorFlow samples use); "
-             "checked against WML's list before anything is stored", "wml", "hardware_spec",
-             side="submitter", forward="no"),
+    Variable("WML_HARDWARE_SPEC", p.spec_name,
+             computed("the newest one-GPU specification offered: H100, A100, L40S, L4, V100, "
+                      "then K80"),
+             "WML hardware specification; checked against WML's list before anything is "
+             "stored", "wml", "hardware_spec", side="submitter", forward="no"),
     Variable("WML_SOFTWARE_SPEC", p.spec_name,
-             computed("newest `tensorflow_rt<N>-py3.<M>` offered"),
+             computed("newest TensorFlow runtime offered: `runtime-<N>-py3.<M>` (25.1 on) or "
+                      "`tensorflow_rt<N>-py3.<M>`"),
              "WML software specification; unset, the TensorFlow runtime WML lists with the "
              "highest runtime version, then Python version", "wml", "software_spec",
              side="submitter", forward="no"),

@@ -9,13 +9,16 @@ the results bucket under `<path>/<training id>/`) and the data reference as DATA
 uses both as local folders by itself, so it needs no boto3 there. The submission record tells
 `watch` where the results are.
 
-Runs only in the submitter's own environment (`make venv-wml`): ibm-watson-machine-learning
-pins pandas 2.1, which needs numpy 1.x, while TensorFlow 2.21 brings numpy 2.
+The submitter signs in with IBM's maintained client, ibm-watsonx-ai (the `[wml]` extra, in the
+environment `make` builds; not in the image), or the deprecated ibm-watson-machine-learning
+where that is the one installed: on IBM Cloud with an API key or a token, on Cloud Pak for
+Data as a user with an API key or a password (docs/wml.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import re
 import shlex
@@ -23,10 +26,11 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from job import __version__
-from job.config import HYPERPARAMETERS, Config, Storage, Wml, given
-from job.errors import ConfigError, JobError, TransientError
+from job import __version__, logs
+from job.config import HYPERPARAMETERS, Config, Wml, given
+from job.errors import EXIT_TRANSIENT, ConfigError, JobError, TransientError, classify
 from job.launch.backend import Backend, Options, Started, record
+from job.logs import REDACTED
 from job.runstore import layout
 from job.runstore.store import Store, open_store
 
@@ -80,81 +84,210 @@ def command(run_id: str, env: dict[str, str]) -> str:
     return f"{assigned} python3 -m job train"
 
 
-def client(wml: Wml):
-    from ibm_watson_machine_learning import APIClient
+# The WML clients, in the order they are looked for: IBM's maintained one (the `[wml]` extra),
+# then the deprecated one. Both make the same calls (model_definitions.store, training.run,
+# get_details, cancel); they differ in how they are given credentials (`api_client`).
+CLIENTS = ("ibm_watsonx_ai", "ibm_watson_machine_learning")
+NO_CLIENT = (
+    "a WML client beside the submitter: pip install 'mnist-job[wml]' (ibm-watsonx-ai; `make` "
+    "installs it), or the deprecated ibm-watson-machine-learning"
+)
 
+
+def client_module(url: str | None):
+    """The first WML client installed (`CLIENTS`); exit 78 with a hint when there is none."""
+    for name in CLIENTS:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise ConfigError("WML_URL", url or "", NO_CLIENT)
+
+
+def sign_in_variable(wml: Wml) -> str:
+    """The variable holding the credential WML is given, for an error that rejects it."""
+    if wml.token:
+        return "WML_TOKEN"
+    return "WML_PASSWORD" if wml.password and not wml.apikey else "WML_APIKEY"
+
+
+def credentials(wml: Wml, *, maintained: bool) -> dict[str, str]:
+    """The client's credentials from the settings, checked for a complete sign-in.
+
+    IBM Cloud: WML_APIKEY (exchanged at IAM) or WML_TOKEN. Cloud Pak for Data: WML_USERNAME with
+    WML_APIKEY or WML_PASSWORD (or WML_TOKEN alone). The deprecated client tells the two apart
+    by `instance_id` (`openshift` on Cloud Pak) and needs the CPD version; ibm-watsonx-ai tells
+    them apart by the URL (and asks the cluster its version), and warns when given an
+    instance id, so it gets none."""
     if not wml.url:
         raise ConfigError("WML_URL", "", "the https:// URL of the WML service")
-    credentials = {"url": wml.url.rstrip("/")}
-    if wml.apikey:
-        credentials["apikey"] = wml.apikey
-    elif wml.token:
-        credentials["token"] = wml.token
-    else:
-        raise ConfigError("WML_APIKEY", "", "an IBM Cloud API key (or WML_TOKEN, a bearer token)")
     if not wml.space_id:
         raise ConfigError("WML_SPACE_ID", "", "the id of the deployment space to train in")
-    with reaching(wml.url):
-        api = APIClient(credentials)
+    found: dict[str, str] = {"url": wml.url.rstrip("/")}
+    if wml.token:
+        found["token"] = wml.token
+    elif wml.username and (wml.apikey or wml.password):
+        found["username"] = wml.username
+        found.update({"apikey": wml.apikey} if wml.apikey else {"password": wml.password or ""})
+    elif wml.username:
+        raise ConfigError("WML_PASSWORD", "", "WML_PASSWORD or WML_APIKEY with WML_USERNAME")
+    elif wml.password:
+        raise ConfigError("WML_USERNAME", "", "the Cloud Pak for Data user of WML_PASSWORD")
+    elif wml.apikey:
+        found["apikey"] = wml.apikey
+    else:
+        raise ConfigError(
+            "WML_APIKEY", "", "an API key (IBM Cloud), WML_USERNAME with WML_APIKEY or "
+            "WML_PASSWORD (Cloud Pak for Data), or WML_TOKEN",
+        )  # fmt: skip
+    if not maintained and (wml.username or wml.instance_id):  # Cloud Pak, to the old client
+        found["instance_id"] = wml.instance_id or "openshift"
+    if wml.cpd_version:
+        found["version"] = wml.cpd_version
+    if wml.auth_url:
+        found["auth_url"] = wml.auth_url
+    if wml.ca_bundle:
+        if not Path(wml.ca_bundle).is_file():
+            raise ConfigError("WML_CA_BUNDLE", wml.ca_bundle, "a readable PEM file of certificates")
+        found["verify"] = wml.ca_bundle
+    return found
+
+
+def client(wml: Wml):
+    """A signed-in client with the deployment space set (the space is checked by WML)."""
+    module = client_module(wml.url)
+    maintained = module.__name__ == CLIENTS[0]
+    given = credentials(wml, maintained=maintained)
+    with reaching(wml):
+        if maintained:
+            api = module.APIClient(module.Credentials.from_dict(given))
+        else:
+            verify = given.pop("verify", None)
+            api = module.APIClient(given, verify=verify)
         api.set.default_space(wml.space_id)
     return api
 
 
+# What the deprecated client leaves of a network or sign-in failure: only its message.
 NETWORK_TROUBLE = ("Max retries exceeded", "Connection refused", "Failed to establish",
                    "Name or service not known", "timed out", "Temporary failure")  # fmt: skip
+AUTH_TROUBLE = ("IAM Token", "401", "403", "Unauthorized", "Forbidden", "not authorized",
+                "InvalidCredentials", "Invalid credentials", "invalid credentials")  # fmt: skip
 
 
-AUTH_TROUBLE = ("IAM Token", "401", "403", "Unauthorized", "Forbidden", "not authorized")
+def chain(exc: BaseException) -> list[BaseException]:
+    """The exception and those it was raised from or during (the clients wrap their
+    transport's errors), innermost last; bounded against cycles."""
+    found: list[BaseException] = []
+    while exc is not None and exc not in found and len(found) < 20:
+        found.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return found
 
 
 @contextlib.contextmanager
-def reaching(url: str):
-    """The WML client wraps network errors in its own exception types: an unreachable service
-    is exit 75 (retry later), not an internal error."""
+def reaching(wml: Wml):
+    """The WML clients wrap network errors in their own exception types: an unreachable service
+    is exit 75 (retry later), refused credentials 78 naming the variable, not internal errors."""
     try:
-        yield
+        with logs.library_chatter(*CLIENTS):
+            yield
+    except JobError:
+        raise
     except Exception as exc:
-        if any(text in str(exc) for text in NETWORK_TROUBLE):
-            raise TransientError(f"cannot reach WML_URL={url}: {type(exc).__name__}") from None
-        if "url is not valid" in str(exc):
-            raise ConfigError("WML_URL", url, "the URL of an IBM Cloud WML region") from None
-        if any(text in str(exc) for text in AUTH_TROUBLE):
+        causes = chain(exc)
+        # Refused credentials first: a client may try a second sign-in route that cannot be
+        # reached (ibm-watsonx-ai's Cloud Pak IAM route) and report both.
+        refused = [
+            e for e in causes
+            if "Credentials" in type(e).__name__ or any(t in str(e) for t in AUTH_TROUBLE)
+        ]  # fmt: skip
+        if refused:  # the innermost says why (the outer ones may be about another route)
             raise ConfigError(
-                "WML_APIKEY", "", f"credentials WML accepts (WML_TOKEN, WML_SPACE_ID): {exc}"
+                sign_in_variable(wml),
+                REDACTED,
+                f"credentials WML accepts: {first_line(refused[-1])}",
             ) from None
+        if any(classify(e)[1] == EXIT_TRANSIENT for e in causes) or any(
+            text in str(exc) for text in NETWORK_TROUBLE
+        ):
+            raise TransientError(f"cannot reach WML_URL={wml.url}: {type(exc).__name__}") from None
+        if "url is not valid" in str(exc):
+            raise ConfigError("WML_URL", wml.url, "the URL of an IBM Cloud WML region") from None
         raise
 
 
-# A TensorFlow training runtime's software specification: tensorflow_rt24.1-py3.11. Variants
-# with a suffix (-edt, -dist...) are never chosen by default.
-TENSORFLOW_RUNTIME = re.compile(r"tensorflow_rt(\d+)\.(\d+)-py3\.(\d+)")
+def first_line(exc: BaseException) -> str:
+    """An exception's message in one bounded line (the clients' run to pages of JSON)."""
+    text = " ".join(str(exc).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+# A TensorFlow runtime's software specification under either of WML's namings: the training
+# runtimes `tensorflow_rt24.1-py3.11` (Runtime 24.1 and earlier) and the base specifications
+# `runtime-25.1-py3.12` (Runtime 25.1 on, which carry TensorFlow with no name of their own:
+# IBM's samples pair it with model type tensorflow_2.18). Variants with a suffix (-edt, -dist,
+# ...) are never chosen by default.
+TENSORFLOW_RUNTIME = re.compile(r"(?:tensorflow_rt|runtime-)(\d+)\.(\d+)-py3\.(\d+)")
+# The runtimes that carry TensorFlow under the base naming: 25.1 and later.
+FIRST_BASE_RUNTIME = (25, 1)
+# One-GPU hardware specifications by NVIDIA generation, newest first: the default is the newest
+# WML lists (K80 is gone from current clusters). Names with x2, x4... have more GPUs.
+GPU_GENERATIONS = ("H100", "A100", "L40S", "L4", "V100", "K80")
+
+
+def tensorflow_runtime(name: str) -> tuple[int, int, int] | None:
+    """(runtime major, minor, Python minor) of a specification that carries TensorFlow."""
+    found = TENSORFLOW_RUNTIME.fullmatch(name)
+    if not found:
+        return None
+    version = tuple(int(g) for g in found.groups())
+    if name.startswith("runtime-") and version[:2] < FIRST_BASE_RUNTIME:
+        return None  # runtime-24.1-py3.11 is Python without TensorFlow
+    return version  # type: ignore[return-value]
+
+
+def default_hardware(hardware: list[str]) -> str | None:
+    """The one-GPU specification of the newest generation offered (`GPU_GENERATIONS`)."""
+    offered = {n.upper(): n for n in hardware}
+    for generation in GPU_GENERATIONS:
+        for name in (generation, f"1X{generation}", f"{generation}X1"):
+            if name in offered:
+                return offered[name]
+    return None
 
 
 def choose_specs(wml: Wml, software: list[str], hardware: list[str]) -> tuple[str, str]:
     """The software and hardware specification names to train with, from what WML offers.
 
     A name given in WML_SOFTWARE_SPEC / WML_HARDWARE_SPEC must be offered (else ConfigError
-    listing what is); unset, the software specification is the TensorFlow runtime with the
-    highest (runtime version, Python version), e.g. tensorflow_rt25.1-py3.12 over
-    tensorflow_rt24.1-py3.11."""
+    listing what is). Unset, the software specification is the TensorFlow runtime with the
+    highest (runtime version, Python version) under either naming, e.g. runtime-25.1-py3.12
+    over tensorflow_rt24.1-py3.11, and the hardware the newest one-GPU specification."""
     if wml.software_spec is None:
-        runtimes = [(m, n) for n in software if (m := TENSORFLOW_RUNTIME.fullmatch(n))]
+        runtimes = [(v, n) for n in software if (v := tensorflow_runtime(n))]
         if not runtimes:
             raise ConfigError(
                 "WML_SOFTWARE_SPEC", "", f"a TensorFlow runtime; WML offers {listing(software)}"
             )
-        chosen = max(runtimes, key=lambda r: tuple(int(g) for g in r[0].groups()))[1]
+        chosen = max(runtimes)[1]
     elif wml.software_spec in software:
         chosen = wml.software_spec
     else:
         raise ConfigError(
             "WML_SOFTWARE_SPEC", wml.software_spec, f"one WML offers: {listing(software)}"
         )
-    if wml.hardware_spec not in hardware:
+    hardware_spec = wml.hardware_spec or default_hardware(hardware)
+    if hardware_spec is None:
         raise ConfigError(
-            "WML_HARDWARE_SPEC", wml.hardware_spec, f"one WML offers: {listing(hardware)}"
+            "WML_HARDWARE_SPEC", "", f"a GPU specification ({', '.join(GPU_GENERATIONS)}); "
+            f"WML offers {listing(hardware)}",
+        )  # fmt: skip
+    if hardware_spec not in hardware:
+        raise ConfigError(
+            "WML_HARDWARE_SPEC", hardware_spec, f"one WML offers: {listing(hardware)}"
         )
-    return chosen, wml.hardware_spec
+    return chosen, hardware_spec
 
 
 def listing(names: list[str]) -> str:
@@ -177,7 +310,15 @@ def python_version(software_spec: str) -> str:
     return found.group(1) if found else "3.11"
 
 
-def cos_reference(storage: Storage, location: layout.Location) -> dict:
+def storage_reference(cfg: Config, location: layout.Location) -> dict:
+    """Where WML reads the data or writes the results. By default an S3 reference carrying the
+    HMAC keys (IBM Cloud's way); with WML_CONNECTION_ID, the space's connection asset for the
+    bucket (Cloud Pak for Data's way), and no key travels in the request."""
+    where = {"bucket": location.bucket, "path": location.path or "."}
+    if cfg.wml.connection_id:
+        return {"type": "connection_asset", "connection": {"id": cfg.wml.connection_id},
+                "location": where}  # fmt: skip
+    storage = cfg.storage
     return {
         "type": "s3",
         "connection": {
@@ -185,8 +326,27 @@ def cos_reference(storage: Storage, location: layout.Location) -> dict:
             "access_key_id": storage.access_key_id,
             "secret_access_key": storage.secret_access_key,
         },
-        "location": {"bucket": location.bucket, "path": location.path or "."},
+        "location": where,
     }
+
+
+def check_connection(api, wml: Wml) -> None:
+    """WML_CONNECTION_ID names a connection asset of the space (one GET), before anything is
+    stored."""
+    if not wml.connection_id:
+        return
+    try:
+        with reaching(wml):
+            api.connections.get_details(wml.connection_id)
+    except JobError:
+        raise
+    except Exception as exc:
+        if not any(text in str(exc) for text in ("404", "not_found", "not found")):
+            raise
+        raise ConfigError(
+            "WML_CONNECTION_ID", wml.connection_id,
+            f"a connection asset in space {wml.space_id}: {first_line(exc)}",
+        ) from None  # fmt: skip
 
 
 def start(cfg: Config, env: dict[str, str], zip_dir: Path) -> dict:
@@ -202,8 +362,9 @@ def start(cfg: Config, env: dict[str, str], zip_dir: Path) -> dict:
             "under <OUTPUT_URI>/<training id>/, apart from the champions' store",
         )  # fmt: skip
     api = client(cfg.wml)
-    with reaching(cfg.wml.url):
+    with reaching(cfg.wml):
         software_spec, hardware_spec = choose_specs(cfg.wml, *offered_specs(api))
+    check_connection(api, cfg.wml)
     archive = zip_dir / f"mnist-job-{__version__}.zip"
     archive.write_bytes(package_zip())
     names = api.model_definitions.ConfigurationMetaNames
@@ -224,8 +385,8 @@ def start(cfg: Config, env: dict[str, str], zip_dir: Path) -> dict:
         {
             meta.NAME: f"mnist-job-{cfg.run_id}",
             meta.DESCRIPTION: f"mnist-job run {cfg.run_id}",
-            meta.TRAINING_DATA_REFERENCES: [cos_reference(cfg.storage, locations["DATA_URI"])],
-            meta.TRAINING_RESULTS_REFERENCE: cos_reference(cfg.storage, locations["OUTPUT_URI"]),
+            meta.TRAINING_DATA_REFERENCES: [storage_reference(cfg, locations["DATA_URI"])],
+            meta.TRAINING_RESULTS_REFERENCE: storage_reference(cfg, locations["OUTPUT_URI"]),
             meta.MODEL_DEFINITION: {
                 "id": definition_id,
                 "command": run_command,
@@ -246,17 +407,20 @@ def start(cfg: Config, env: dict[str, str], zip_dir: Path) -> dict:
     }  # fmt: skip
 
 
-def status(api, training_id: str) -> tuple[str, str | None]:
+def status(api, wml: Wml, training_id: str) -> tuple[str, str | None]:
     """WML's state of the training, and its failure message if it failed (`api` from
     `client`, made once per watch: with an API key every new client asks IAM for a token)."""
-    details = api.training.get_details(training_id)
+    with reaching(wml):
+        details = api.training.get_details(training_id)
     state = details["entity"]["status"]["state"]
     errors = details["entity"]["status"].get("failure", {}).get("errors", [])
     return state, "; ".join(e.get("message", "") for e in errors) or None
 
 
 def stop(handle: str, cfg: Config) -> None:
-    result = client(cfg.wml).training.cancel(handle)
+    api = client(cfg.wml)
+    with reaching(cfg.wml):
+        result = api.training.cancel(handle)
     if result not in ("SUCCESS", None):
         raise JobError(f"WML did not cancel training {handle}: {result}")
 
@@ -276,7 +440,7 @@ class WatsonML(Backend):
 
     def status(self, handle: str, cfg: Config):
         api = client(cfg.wml)  # once per watch: with an API key each client asks IAM
-        return lambda: status(api, handle)
+        return lambda: status(api, cfg.wml, handle)
 
     def run_store(self, cfg: Config, store: Store, handle: str) -> Store:
         """WML puts the job's results under `<OUTPUT_URI>/<training id>/` (RESULT_DIR)."""

@@ -1,50 +1,69 @@
 """Every difference between the TensorFlow/Keras versions the job runs on, in one place.
 
 Supported: TensorFlow 2.14 with Keras 2 (WML's `tensorflow_rt24.1-py3.11` runtime; `import
-keras` is Keras 2.14 there) through TensorFlow 2.21 with Keras 3 (the image). Each difference is
-detected by the feature itself (a parameter, a module), never by comparing version numbers, so a
-version in between takes whichever path it supports. What differs:
+keras` is Keras 2.14 there), TensorFlow 2.18 with Keras 3.5 (WML's Runtime 25.1,
+`runtime-25.1-py3.12`; 3.5 is the oldest Keras TensorFlow 2.18 accepts, IBM names none) and
+everything up to TensorFlow 2.21 with Keras 3.15 (the image). Each difference is detected by the
+feature itself (a parameter, a module), never by comparing version numbers, so a version in
+between takes whichever path it supports. What differs:
 
-- Exporting a SavedModel: Keras 3 has `Model.export(path, format="tf_saved_model")`; Keras
-  2.13-2.15 has `Model.export(path)`, which writes the same kind of SavedModel (a `serve`
-  endpoint and a `serving_default` signature) and takes no `format`. `export_saved_model`.
+- Exporting a SavedModel: Keras 3.15 has `Model.export(path, format="tf_saved_model",
+  verbose=False)`; Keras 3.5 takes no `verbose`, and Keras 2.13-2.15 has `Model.export(path)`,
+  which writes the same kind of SavedModel (a `serve` endpoint and a `serving_default`
+  signature) and takes neither. Both print every endpoint's signature to stdout, which is the
+  run's report (it ends in `Results: ...`), so that print is swallowed. `export_saved_model`.
 - Multi-worker training: Keras 3.15's TensorFlow trainer breaks on two lines under
   MultiWorkerMirroredStrategy (keras-team/keras#20585), found by running two workers here:
   `_maybe_symbolic_build` averages the first input batch across workers with
   `strategy.reduce("MEAN", batch, axis=None)`, which CollectiveAllReduce cannot do for a
   (features, labels) structure (the batch is only used to build the model, so one local
   replica's share does the same job); and `reduce_per_replica` averages the per-step logs with
-  `axis=0`, which fails for the scalar loss and metrics (scalars need `axis=None`). Keras 2
-  has neither line (no `keras.src.backend.tensorflow`), so nothing is patched there.
-  `patch_for_multi_worker`. `steps_per_execution` above 1 also fails under Keras 3's
-  multi-worker loop (a graph error), so job.training.plan uses 1 for it.
+  `axis=0`, which fails for the scalar loss and metrics (scalars need `axis=None`). Keras 3.5
+  has both lines too, and two more differences, found the same way on TensorFlow 2.18: its
+  epoch iterator is not iterable (`enumerate_epoch()` yields (step, iterator) pairs, Keras
+  3.15's iterator yields (first step, last step, iterator)), and its variables have no
+  `synchronization`, so a metric's variables are each worker's own and the loss and accuracy
+  of an epoch or a test pass would be one worker's share of the data: the workers would then
+  disagree, about StopAtAccuracy's target too. Where `keras.Variable` takes no
+  `synchronization`, the metrics' summed variables are summed across workers while the logs
+  are read. Keras 2 has none of this (no `keras.src.backend.tensorflow`; its metrics are
+  synchronized on read), so nothing is patched there. `patch_for_multi_worker`.
+  `steps_per_execution` above 1 also fails under Keras 3's multi-worker loop (a graph error),
+  so job.training.plan uses 1 for it.
 - The optimizer's moving average of the weights (EMA): both keep it in
   `optimizer._model_variables_moving_average`, Keras 3 in the order of the weights it was built
-  with (`_get_variable_index`), Keras 2 through `_index_dict`, both on the inner optimizer of a
-  loss-scale wrapper (float16); Keras 3's `SwapEMAWeights` callback does not exist in Keras 2.
-  `averaged_weights`.
+  with (`_get_variable_index`, Keras 3.5 too), Keras 2 through `_index_dict`, both on the inner
+  optimizer of a loss-scale wrapper (float16); Keras 3's `SwapEMAWeights` callback does not
+  exist in Keras 2. `averaged_weights`.
 - Bounding the wait for peers: TensorFlow's coordination-service protobufs moved between
-  versions (`tensorflow.tsl` in 2.14, `tensorflow.compiler.xla.tsl` later);
-  `bound_peer_registration` tries both.
+  versions (`tensorflow.tsl` in 2.14 and 2.18, `tensorflow.compiler.xla.tsl` in 2.21);
+  `bound_peer_registration` tries both. Only 2.21's has `cluster_register_with_barrier`.
 
 Everything else the job uses (`keras.Input(dtype=...)`, `Rescaling`, `CosineDecay` with
 `warmup_target`/`warmup_steps`, `optimizer.build`, `.weights.h5` weights with the optimizer's
-state, `.keras` model files, mixed-precision policies) has the same spelling in both, and
-tests/test_runtimes.py proves it by running the WML model-definition zip on TensorFlow 2.14.
+state, `.keras` model files, mixed-precision policies) has the same spelling in all of them, and
+tests/test_runtimes.py proves it by running the WML model-definition zip on TensorFlow 2.14 and
+2.18, one worker and two.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
 import types
 
 
 def export_saved_model(model, path: str) -> None:
     """Write `model` as a SavedModel (for TF Serving and WML deployments) at `path`."""
-    if "format" in inspect.signature(model.export).parameters:
+    parameters = inspect.signature(model.export).parameters
+    if "verbose" in parameters:
         model.export(path, format="tf_saved_model", verbose=False)
-    else:
-        model.export(path)
+        return
+    # Keras 3.5 and 2.13-2.15 print every endpoint's signature to stdout, the run's report.
+    options = {"format": "tf_saved_model"} if "format" in parameters else {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        model.export(path, **options)
 
 
 def averaged_weights(model) -> list[tuple]:
@@ -64,7 +83,9 @@ def averaged_weights(model) -> list[tuple]:
 
 
 def patch_for_multi_worker(model) -> None:
-    """Work around keras-team/keras#20585 (module docstring); a no-op on Keras 2."""
+    """Work around keras-team/keras#20585 and, on Keras 3.5, the workers' own metrics (module
+    docstring); a no-op on Keras 2."""
+    import keras
     import tensorflow as tf
 
     try:
@@ -75,7 +96,10 @@ def patch_for_multi_worker(model) -> None:
 
     def local_symbolic_build(self, iterator=None, data_batch=None):
         if iterator is not None:
-            for _, _, it in iterator:
+            # Keras 3.15 iterates the epoch iterator itself, (first step, last step, iterator)
+            # per execution; Keras 3.5's has only enumerate_epoch(), (step, iterator).
+            steps = iterator if hasattr(iterator, "__iter__") else iterator.enumerate_epoch()
+            for *_, it in steps:
                 batch = next(it)
                 data_batch = tree.map_structure(
                     lambda v: (
@@ -90,6 +114,27 @@ def patch_for_multi_worker(model) -> None:
             self._symbolic_build(data_batch=data_batch)
 
     model._maybe_symbolic_build = types.MethodType(local_symbolic_build, model)
+
+    if "synchronization" not in inspect.signature(keras.Variable.__init__).parameters:
+        # Keras 3.5: no variable is synchronized on read, so each worker's metrics count its own
+        # share of the data only; the figures of each epoch and test pass sum every worker's.
+        local_results = model._get_metrics_result_or_logs
+
+        def every_workers_results(self, logs):
+            strategy = self.distribute_strategy
+            if not trainer._collective_all_reduce_multi_worker(strategy):
+                return local_results(logs)
+            sums = [v for m in self.metrics for v in m.variables if v.aggregation == "sum"]
+            own = [tf.identity(v.value) for v in sums]
+            for variable, value in zip(sums, own, strict=True):
+                variable.assign(strategy.reduce("SUM", value, axis=None))
+            try:
+                return local_results(logs)
+            finally:
+                for variable, value in zip(sums, own, strict=True):
+                    variable.assign(value)
+
+        model._get_metrics_result_or_logs = types.MethodType(every_workers_results, model)
 
     if getattr(trainer.reduce_per_replica, "_job_patched", False):
         return

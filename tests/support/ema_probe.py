@@ -1,5 +1,6 @@
-"""Probe of the weight average (EMA_MOMENTUM) on whichever Keras runs it: Keras 3 from the main
-environment, Keras 2 from `.venv-tf214` (tests/test_runtimes.py, run from the unpacked WML zip).
+"""Probe of the weight average (EMA_MOMENTUM) on whichever Keras runs it: Keras 3.15 from the
+main environment (tests/test_recipes.py); Keras 2.14 from `.venv-tf214` and Keras 3.5 from
+`.venv-tf218`, WML's two runtimes (tests/test_runtimes.py, run from the unpacked WML zip).
 
     python ema_probe.py POLICY...      (float32, mixed_bfloat16, mixed_float16)
 
