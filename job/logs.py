@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import sys
+import urllib.parse
 import warnings
 from collections import deque
 from collections.abc import Iterator
@@ -45,12 +46,27 @@ MIN_SECRET_LENGTH = 8
 def scrub(text: str, secrets: list[str]) -> str:
     """`text` with every secret value replaced by ***; longest first, so a secret that
     contains another is replaced whole."""
-    for secret in sorted(set(secrets), key=len, reverse=True):
+    for secret in sorted(set(secrets) | _quoted_forms(secrets), key=len, reverse=True):
         if len(secret) >= MIN_SECRET_LENGTH:
             text = text.replace(secret, REDACTED)
         elif secret:
             text = re.sub(rf"(?<!\w){re.escape(secret)}(?!\w)", REDACTED, text)
     return text
+
+
+def _quoted_forms(secrets: list[str]) -> set[str]:
+    """How a secret looks once a server or library has quoted it: escaped inside JSON (ASCII
+    or not) and percent-encoded in a URL or form, where those differ from it."""
+    forms = set()
+    for secret in secrets:
+        if secret:
+            forms |= {
+                json.dumps(secret)[1:-1],
+                json.dumps(secret, ensure_ascii=False)[1:-1],
+                urllib.parse.quote(secret, safe=""),
+                urllib.parse.quote_plus(secret),
+            }
+    return forms - set(secrets)
 
 
 def printable(value: object, width: int) -> str:

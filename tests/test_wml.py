@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import zipfile
 
 import pytest
@@ -434,29 +435,35 @@ def test_credentials_for_each_sign_in_and_what_is_missing(tmp_path):
         return wml_backend.credentials(sections.Wml(**base, **settings), maintained=maintained)
 
     url = "https://cpd.example.com"
-    assert given(apikey="k" * 20) == {"url": url, "apikey": "k" * 20}
-    assert given(token="t", apikey="k") == {"url": url, "token": "t"}, "a token wins"
+    on = {"url": url, "verify": True}  # always verified, by the system's CAs by default
+    assert given(apikey="k" * 20) == {**on, "apikey": "k" * 20}
+    assert given(token="t", apikey="k") == {**on, "token": "t"}, "a token wins"
     assert given(username="u", password="p", cpd_version="5.2") == {
-        "url": url, "username": "u", "password": "p", "version": "5.2"
+        **on, "username": "u", "password": "p", "version": "5.2"
     }, "ibm-watsonx-ai: no instance id (it warns about one)"  # fmt: skip
     assert given(False, username="u", apikey="k") == {
-        "url": url, "username": "u", "apikey": "k", "instance_id": "openshift"
+        **on, "username": "u", "apikey": "k", "instance_id": "openshift"
     }, "the deprecated client: the computed default"  # fmt: skip
     assert given(False, username="u", apikey="k", instance_id="icp")["instance_id"] == "icp"
     assert given(False, token="t", instance_id="openshift") == {
-        "url": url, "token": "t", "instance_id": "openshift"
+        **on, "token": "t", "instance_id": "openshift"
     }, "a Cloud Pak token to the deprecated client: the instance id says Cloud Pak"  # fmt: skip
-    assert given(token="t", instance_id="openshift") == {"url": url, "token": "t"}
-    bundle = tmp_path / "ca.pem"
-    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert given(token="t", instance_id="openshift") == {**on, "token": "t"}
+    from tests.support.wml_standin import self_signed
+
+    bundle, _ = self_signed(tmp_path)
     assert given(apikey="k", ca_bundle=str(bundle), auth_url="https://iam.example.com/t") == {
         "url": url, "apikey": "k", "verify": str(bundle), "auth_url": "https://iam.example.com/t"
     }  # fmt: skip
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n")
     for settings, variable in [
         ({"username": "u"}, "WML_PASSWORD"),
         ({"password": "p"}, "WML_USERNAME"),
         ({}, "WML_APIKEY"),
         ({"apikey": "k", "ca_bundle": str(tmp_path / "absent.pem")}, "WML_CA_BUNDLE"),
+        ({"apikey": "k", "ca_bundle": str(garbage)}, "WML_CA_BUNDLE"),
+        ({"apikey": "k", "ca_bundle": str(tmp_path)}, "WML_CA_BUNDLE"),
     ]:
         with pytest.raises(ConfigError) as refused:
             given(**settings)
@@ -464,3 +471,70 @@ def test_credentials_for_each_sign_in_and_what_is_missing(tmp_path):
     with pytest.raises(ConfigError) as refused:
         wml_backend.credentials(sections.Wml(url="https://x.example.com"), maintained=True)
     assert refused.value.variable == "WML_SPACE_ID"
+
+
+@pytest.mark.parametrize("shape", ["cloud-apikey", "cpd-password"])
+def test_an_untrusted_certificate_is_78_and_no_credential_is_sent(
+    shape, standin, wml_env, tmp_path
+):
+    """Without WML_CA_BUNDLE the stand-in's self-signed certificate is not trusted: the sign-in
+    stops at TLS (ibm-watsonx-ai would otherwise retry unverified and send the key)."""
+    env = {k: v for k, v in signed_in_as(shape, standin, wml_env).items() if k != "WML_CA_BUNDLE"}
+    proc = wml("submit", "--backend", "wml", "--run-id", "wml-tls", env=env, cwd=tmp_path)
+    assert proc.returncode == 78, proc.stdout + proc.stderr
+    assert "WML_CA_BUNDLE=''" in proc.stderr and "certificate authority" in proc.stderr
+    assert not standin.requests, "nothing reached the server: no key, no password"
+
+
+def test_failures_are_classed_by_status_not_by_numbers_in_ids(standin, wml_env, tmp_path):
+    def submitted(env: dict, run_id: str):
+        return wml("submit", "--backend", "wml", "--run-id", run_id, env=env, cwd=tmp_path)
+
+    # A space that does not exist, whose id holds "401": the space, not the credentials.
+    proc = submitted({**wml_env, "WML_SPACE_ID": "space-401abc"}, "wml-nospace")
+    assert proc.returncode == 78 and "WML_SPACE_ID='space-401abc'" in proc.stderr, proc.stderr
+    # A token WML does not know: 401, the token.
+    proc = submitted({**wml_env, "WML_TOKEN": "an-expired-token-0000"}, "wml-expired")
+    assert proc.returncode == 78 and "WML_TOKEN='***'" in proc.stderr, proc.stderr
+    assert "HTTP 401" in proc.stderr and "an-expired-token-0000" not in proc.stderr
+    # The service failing while the training is started: 75, and nothing raw on stderr.
+    # 507: a 5xx the client does not retry itself (it retries 500, 502-504 a few times).
+    standin.failures[("POST", "/ml/v4/trainings")] = [507]
+    proc = submitted(wml_env, "wml-5xx")
+    assert proc.returncode == 75 and "answered HTTP 507" in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert all(line.startswith(("{", "error: ")) for line in lines), lines
+    assert not standin.trainings
+
+
+def test_watch_rides_out_a_failing_status_poll(standin, wml_env, tmp_path):
+    training_id, _ = submit("wml-blip", wml_env, tmp_path)
+    standin.failures[("GET", f"/ml/v4/trainings/{training_id}")] = [507, 507]
+    standin.set_state(training_id, "failed", "out of quota")
+    proc = wml("watch", "wml-blip", "--interval", "0.1", env=wml_env, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    states = [
+        json.loads(line)["state"] for line in proc.stdout.splitlines() if '"platform"' in line
+    ]
+    assert states == ["unknown", "failed"]
+    assert '"platform_unreachable"' in proc.stderr
+
+
+def test_the_default_runtime_is_a_proven_one_while_wml_offers_one():
+    wml_settings = sections.Wml(url="https://x.example.com", space_id="s")
+    hardware = ["V100"]
+    newer = ["runtime-25.1-py3.12", "runtime-26.1-py3.13", "tensorflow_rt24.1-py3.11"]
+    assert wml_backend.choose_specs(wml_settings, newer, hardware)[0] == "runtime-25.1-py3.12"
+    only_new = ["runtime-26.1-py3.13", "runtime-24.1-py3.11"]
+    assert wml_backend.choose_specs(wml_settings, only_new, hardware)[0] == "runtime-26.1-py3.13"
+    assert wml_backend.choose_specs(wml_settings, ["runtime-25.10-py3.12", "runtime-25.1-py3.12"],
+                                    hardware)[0] == "runtime-25.1-py3.12"  # fmt: skip
+
+
+def test_a_secret_a_server_quoted_is_still_scrubbed():
+    from job import logs
+
+    secret = 'Pa\\ss"wörd-long-enough'
+    echoed = json.dumps({"password": secret}) + " " + json.dumps({"p": secret}, ensure_ascii=False)
+    line = logs.error_line(f"refused: {echoed} form=" + urllib.parse.quote_plus(secret), [secret])
+    assert "rd-long" not in line and "***" in line, line

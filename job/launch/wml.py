@@ -22,6 +22,7 @@ import importlib
 import io
 import re
 import shlex
+import ssl
 import tempfile
 import zipfile
 from pathlib import Path
@@ -147,10 +148,22 @@ def credentials(wml: Wml, *, maintained: bool) -> dict[str, str]:
     if wml.auth_url:
         found["auth_url"] = wml.auth_url
     if wml.ca_bundle:
-        if not Path(wml.ca_bundle).is_file():
-            raise ConfigError("WML_CA_BUNDLE", wml.ca_bundle, "a readable PEM file of certificates")
-        found["verify"] = wml.ca_bundle
+        ca_bundle(wml.ca_bundle)
+    # Always verified: ibm-watsonx-ai, left without `verify`, retries a connection whose
+    # certificate fails with verification off, and would send the key to anyone.
+    found["verify"] = wml.ca_bundle or True
     return found
+
+
+def ca_bundle(path: str) -> None:
+    """WML_CA_BUNDLE names a PEM file of certificates that TLS can load."""
+    expected = "a readable PEM file of CA certificates"
+    if not Path(path).is_file():
+        raise ConfigError("WML_CA_BUNDLE", path, expected)
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise ConfigError("WML_CA_BUNDLE", path, f"{expected} ({type(exc).__name__})") from None
 
 
 def client(wml: Wml):
@@ -164,18 +177,31 @@ def client(wml: Wml):
         else:
             verify = given.pop("verify", None)
             api = module.APIClient(given, verify=verify)
-        api.set.default_space(wml.space_id)
+    try:
+        with reaching(wml):
+            api.set.default_space(wml.space_id)
+    except JobError:
+        raise
+    except Exception as exc:
+        if "does not exist" not in str(exc):
+            # Setting the space keeps the HTTP status to itself (a token WML refuses fails
+            # here first): asking for the space's details raises with it, for `reaching`.
+            with reaching(wml):
+                api.spaces.get_details(wml.space_id)
+        raise ConfigError(
+            "WML_SPACE_ID", wml.space_id, "a deployment space these credentials can use"
+        ) from None
     return api
 
 
-# What the deprecated client leaves of a network or sign-in failure: only its message.
+# What the deprecated client leaves of a network failure: only its message.
 NETWORK_TROUBLE = ("Max retries exceeded", "Connection refused", "Failed to establish",
                    "Name or service not known", "timed out", "Temporary failure")  # fmt: skip
-AUTH_TROUBLE = ("IAM Token", "401", "403", "Unauthorized", "Forbidden", "not authorized",
-                "InvalidCredentials", "Invalid credentials", "invalid credentials")  # fmt: skip
+# The deprecated client's refusals carry their status only in the message, on this line.
+STATUS_LINE = re.compile(r"\nStatus code: (\d{3}), body:")
 
 
-def chain(exc: BaseException) -> list[BaseException]:
+def chain(exc: BaseException | None) -> list[BaseException]:
     """The exception and those it was raised from or during (the clients wrap their
     transport's errors), innermost last; bounded against cycles."""
     found: list[BaseException] = []
@@ -185,10 +211,31 @@ def chain(exc: BaseException) -> list[BaseException]:
     return found
 
 
+def status_of(exc: BaseException | None) -> int | None:
+    """The HTTP status a client error reports: its response's, or (the deprecated client's
+    errors) the one its message states on the line it gives it. Never a number found
+    elsewhere in a message, which holds ids, hosts and ports."""
+    for e in chain(exc):
+        code = getattr(getattr(e, "response", None), "status_code", None)
+        if isinstance(code, int):
+            return code
+        found = STATUS_LINE.search(str(e))
+        if found:
+            return int(found.group(1))
+    return None
+
+
+def certificate_trouble(causes: list[BaseException]) -> bool:
+    return any(isinstance(e, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in str(e) for e in causes)
+
+
 @contextlib.contextmanager
 def reaching(wml: Wml):
-    """The WML clients wrap network errors in their own exception types: an unreachable service
-    is exit 75 (retry later), refused credentials 78 naming the variable, not internal errors."""
+    """What the WML clients raise, as the job's exit classes: refused credentials are 78 naming
+    the variable (decided on the HTTP status and the error's type, never on the message,
+    which can quote the server), an unreachable or failing service 75, a certificate TLS does
+    not trust 78 naming WML_CA_BUNDLE. The clients' own log records and warnings meanwhile
+    become the job's events (job.logs.library_chatter)."""
     try:
         with logs.library_chatter(*CLIENTS):
             yield
@@ -196,24 +243,33 @@ def reaching(wml: Wml):
         raise
     except Exception as exc:
         causes = chain(exc)
+        status = status_of(exc)
         # Refused credentials first: a client may try a second sign-in route that cannot be
         # reached (ibm-watsonx-ai's Cloud Pak IAM route) and report both.
-        refused = [
-            e for e in causes
-            if "Credentials" in type(e).__name__ or any(t in str(e) for t in AUTH_TROUBLE)
-        ]  # fmt: skip
-        if refused:  # the innermost says why (the outer ones may be about another route)
+        if status in (401, 403) or any("Credentials" in type(e).__name__ for e in causes):
+            shown = f"HTTP {status}" if status else type(exc).__name__
             raise ConfigError(
-                sign_in_variable(wml),
-                REDACTED,
-                f"credentials WML accepts: {first_line(refused[-1])}",
-            ) from None
+                sign_in_variable(wml), REDACTED, f"credentials WML accepts (it answered {shown})"
+            ) from exc
+        if certificate_trouble(causes):
+            raise ConfigError(
+                "WML_CA_BUNDLE", wml.ca_bundle or "",
+                f"a PEM file with the certificate authority of {wml.url}",
+            ) from None  # fmt: skip
+        where = f"WML_URL={wml.url}" + (f" or WML_AUTH_URL={wml.auth_url}" if wml.auth_url else "")
+        if status is not None and (status >= 500 or status == 429):
+            raise TransientError(f"{where} answered HTTP {status}; retrying may help") from None
         if any(classify(e)[1] == EXIT_TRANSIENT for e in causes) or any(
             text in str(exc) for text in NETWORK_TROUBLE
         ):
-            raise TransientError(f"cannot reach WML_URL={wml.url}: {type(exc).__name__}") from None
+            raise TransientError(f"cannot reach {where}: {type(exc).__name__}") from None
         if "url is not valid" in str(exc):
             raise ConfigError("WML_URL", wml.url, "the URL of an IBM Cloud WML region") from None
+        if isinstance(exc, (KeyError, TypeError, AttributeError, ValueError)):
+            raise TransientError(
+                f"{where} answered something unexpected ({type(exc).__name__}: "
+                f"{first_line(exc)}); retrying may help"
+            ) from None
         raise
 
 
@@ -231,6 +287,9 @@ def first_line(exc: BaseException) -> str:
 TENSORFLOW_RUNTIME = re.compile(r"(?:tensorflow_rt|runtime-)(\d+)\.(\d+)-py3\.(\d+)")
 # The runtimes that carry TensorFlow under the base naming: 25.1 and later.
 FIRST_BASE_RUNTIME = (25, 1)
+# (runtime, Python) pairs the zip's command is proven on in `make test` (tests/test_runtimes.py:
+# .venv-tf214 and .venv-tf218).
+PROVEN_RUNTIMES = frozenset({(24, 1, 11), (25, 1, 12)})
 # One-GPU hardware specifications by NVIDIA generation, newest first: the default is the newest
 # WML lists (K80 is gone from current clusters). Names with x2, x4... have more GPUs.
 GPU_GENERATIONS = ("H100", "A100", "L40S", "L4", "V100", "K80")
@@ -262,15 +321,24 @@ def choose_specs(wml: Wml, software: list[str], hardware: list[str]) -> tuple[st
 
     A name given in WML_SOFTWARE_SPEC / WML_HARDWARE_SPEC must be offered (else ConfigError
     listing what is). Unset, the software specification is the TensorFlow runtime with the
-    highest (runtime version, Python version) under either naming, e.g. runtime-25.1-py3.12
-    over tensorflow_rt24.1-py3.11, and the hardware the newest one-GPU specification."""
+    highest (runtime version, Python version) under either naming among those `make test`
+    proves the job on (`PROVEN_RUNTIMES`), e.g. runtime-25.1-py3.12 over
+    tensorflow_rt24.1-py3.11; only where WML offers none of those, the newest it offers, with a
+    warning. The hardware is the newest one-GPU specification."""
     if wml.software_spec is None:
-        runtimes = [(v, n) for n in software if (v := tensorflow_runtime(n))]
+        runtimes = sorted((v, n) for n in software if (v := tensorflow_runtime(n)))
         if not runtimes:
             raise ConfigError(
                 "WML_SOFTWARE_SPEC", "", f"a TensorFlow runtime; WML offers {listing(software)}"
             )
-        chosen = max(runtimes)[1]
+        proven = [(v, n) for v, n in runtimes if v in PROVEN_RUNTIMES]
+        chosen = (proven or runtimes)[-1][1]
+        if not proven:
+            logs.get("job.wml").warning(
+                "unproven_runtime", software_spec=chosen,
+                proven=sorted(f"{a}.{b}-py3.{c}" for a, b, c in PROVEN_RUNTIMES),
+                note="set WML_SOFTWARE_SPEC to choose; tests/test_runtimes.py proves a runtime",
+            )  # fmt: skip
     elif wml.software_spec in software:
         chosen = wml.software_spec
     else:
@@ -301,7 +369,13 @@ def offered_specs(api) -> tuple[list[str], list[str]]:
     # which is the submitter's result) and returns it as a DataFrame.
     with contextlib.redirect_stdout(io.StringIO()):
         hardware = api.hardware_specifications.list(limit=1000)
-    return [s["metadata"]["name"] for s in software], list(hardware["NAME"])
+    software_names = [s["metadata"]["name"] for s in software]
+    return names_only(software_names), names_only(list(hardware["NAME"]))
+
+
+def names_only(values: list) -> list[str]:
+    """The names in a list WML sent (anything else in it is not a specification to offer)."""
+    return [v for v in values if isinstance(v, str)]
 
 
 def python_version(software_spec: str) -> str:
@@ -341,12 +415,11 @@ def check_connection(api, wml: Wml) -> None:
     except JobError:
         raise
     except Exception as exc:
-        if not any(text in str(exc) for text in ("404", "not_found", "not found")):
+        if status_of(exc) != 404:
             raise
         raise ConfigError(
-            "WML_CONNECTION_ID", wml.connection_id,
-            f"a connection asset in space {wml.space_id}: {first_line(exc)}",
-        ) from None  # fmt: skip
+            "WML_CONNECTION_ID", wml.connection_id, f"a connection asset in space {wml.space_id}"
+        ) from None
 
 
 def start(cfg: Config, env: dict[str, str], zip_dir: Path) -> dict:
@@ -365,39 +438,40 @@ def start(cfg: Config, env: dict[str, str], zip_dir: Path) -> dict:
     with reaching(cfg.wml):
         software_spec, hardware_spec = choose_specs(cfg.wml, *offered_specs(api))
     check_connection(api, cfg.wml)
-    archive = zip_dir / f"mnist-job-{__version__}.zip"
-    archive.write_bytes(package_zip())
-    names = api.model_definitions.ConfigurationMetaNames
-    run_command = command(cfg.run_id, env)
-    definition = api.model_definitions.store(
-        str(archive),
-        {
-            names.NAME: f"mnist-job-{cfg.run_id}",
-            names.DESCRIPTION: "MNIST CNN training job (python -m job train)",
-            names.VERSION: __version__,
-            names.PLATFORM: {"name": "python", "versions": [python_version(software_spec)]},
-            names.COMMAND: run_command,
-        },
-    )
-    definition_id = api.model_definitions.get_id(definition)
-    meta = api.training.ConfigurationMetaNames
-    training = api.training.run(
-        {
-            meta.NAME: f"mnist-job-{cfg.run_id}",
-            meta.DESCRIPTION: f"mnist-job run {cfg.run_id}",
-            meta.TRAINING_DATA_REFERENCES: [storage_reference(cfg, locations["DATA_URI"])],
-            meta.TRAINING_RESULTS_REFERENCE: storage_reference(cfg, locations["OUTPUT_URI"]),
-            meta.MODEL_DEFINITION: {
-                "id": definition_id,
-                "command": run_command,
-                "hardware_spec": {"name": hardware_spec, "nodes": cfg.wml.nodes},
-                "software_spec": {"name": software_spec},
-                "parameters": hyperparameters(env),
+    with reaching(cfg.wml):
+        archive = zip_dir / f"mnist-job-{__version__}.zip"
+        archive.write_bytes(package_zip())
+        names = api.model_definitions.ConfigurationMetaNames
+        run_command = command(cfg.run_id, env)
+        definition = api.model_definitions.store(
+            str(archive),
+            {
+                names.NAME: f"mnist-job-{cfg.run_id}",
+                names.DESCRIPTION: "MNIST CNN training job (python -m job train)",
+                names.VERSION: __version__,
+                names.PLATFORM: {"name": "python", "versions": [python_version(software_spec)]},
+                names.COMMAND: run_command,
             },
-        },
-        asynchronous=True,
-    )
-    training_id = api.training.get_id(training)
+        )
+        definition_id = api.model_definitions.get_id(definition)
+        meta = api.training.ConfigurationMetaNames
+        training = api.training.run(
+            {
+                meta.NAME: f"mnist-job-{cfg.run_id}",
+                meta.DESCRIPTION: f"mnist-job run {cfg.run_id}",
+                meta.TRAINING_DATA_REFERENCES: [storage_reference(cfg, locations["DATA_URI"])],
+                meta.TRAINING_RESULTS_REFERENCE: storage_reference(cfg, locations["OUTPUT_URI"]),
+                meta.MODEL_DEFINITION: {
+                    "id": definition_id,
+                    "command": run_command,
+                    "hardware_spec": {"name": hardware_spec, "nodes": cfg.wml.nodes},
+                    "software_spec": {"name": software_spec},
+                    "parameters": hyperparameters(env),
+                },
+            },
+            asynchronous=True,
+        )
+        training_id = api.training.get_id(training)
     # WML writes the results reference's files under <path>/<training id>/, mounted as
     # RESULT_DIR; the job puts its run folder <run id>/ inside.
     results = locations["OUTPUT_URI"].child(training_id).uri
@@ -410,11 +484,11 @@ def start(cfg: Config, env: dict[str, str], zip_dir: Path) -> dict:
 def status(api, wml: Wml, training_id: str) -> tuple[str, str | None]:
     """WML's state of the training, and its failure message if it failed (`api` from
     `client`, made once per watch: with an API key every new client asks IAM for a token)."""
-    with reaching(wml):
-        details = api.training.get_details(training_id)
-    state = details["entity"]["status"]["state"]
-    errors = details["entity"]["status"].get("failure", {}).get("errors", [])
-    return state, "; ".join(e.get("message", "") for e in errors) or None
+    with reaching(wml):  # a reply of another shape is "unexpected" there, exit 75
+        found = api.training.get_details(training_id)["entity"]["status"]
+        errors = (found.get("failure") or {}).get("errors") or []
+        message = "; ".join(str(e.get("message", "")) for e in errors) or None
+        return str(found["state"]), message
 
 
 def stop(handle: str, cfg: Config) -> None:
@@ -440,7 +514,18 @@ class WatsonML(Backend):
 
     def status(self, handle: str, cfg: Config):
         api = client(cfg.wml)  # once per watch: with an API key each client asks IAM
-        return lambda: status(api, cfg.wml, handle)
+        log = logs.get("job.watch")
+
+        def platform_state() -> tuple[str, str | None]:
+            # One failed poll does not end a watch of hours: WML's view is "unknown" until the
+            # next poll answers (the stall limit still applies).
+            try:
+                return status(api, cfg.wml, handle)
+            except TransientError as exc:
+                log.warning("platform_unreachable", error=str(exc))
+                return "unknown", None
+
+        return platform_state
 
     def run_store(self, cfg: Config, store: Store, handle: str) -> Store:
         """WML puts the job's results under `<OUTPUT_URI>/<training id>/` (RESULT_DIR)."""

@@ -127,6 +127,9 @@ class WMLStandIn:
         self.cpd_users: dict[str, dict[str, str]] = {}  # name -> {"api_key"|"password": value}
         self.tokens: set[str] = set()  # issued, or handed to a test (WML_TOKEN)
         self.connections: set[str] = set()  # connection asset ids in the space
+        self.spaces: set[str] = {"space-0001"}
+        # Injected failures: (method, path prefix) -> statuses to answer with, one per request.
+        self.failures: dict[tuple[str, str], list[int]] = {}
         self.cert, key = self_signed(tmp)
         standin = self
 
@@ -205,6 +208,10 @@ class WMLStandIn:
                 form_file(raw, content_type) if content_type.startswith("multipart/") else raw
             )
             return 201, {}
+        for (fail_method, prefix), statuses in self.failures.items():
+            if method == fail_method and path.startswith(prefix) and statuses:
+                status = statuses.pop(0)
+                return status, {"errors": [{"code": "injected", "message": f"HTTP {status}"}]}
         auth = headers.get("Authorization", "")
         if auth.removeprefix("Bearer ") not in self.tokens:
             return 401, {"errors": [{"code": "authentication_failed", "message": "no token"}]}
@@ -241,7 +248,10 @@ class WMLStandIn:
             specs = [spec_entry(n, "hardware_specification", now) for n in self.hardware_specs]
             return 200, {"total_results": len(specs), "resources": specs}
         if path.startswith("/v2/spaces/"):
-            space = self.space = path.rsplit("/", 1)[1]
+            space = path.rsplit("/", 1)[1]
+            if space not in self.spaces:
+                return 404, {"errors": [{"code": "not_found", "message": f"no space {space}"}]}
+            self.space = space
             return 200, {"metadata": {"id": space, "created_at": now}, "entity": {"name": "s"}}
         if path == "/v2/assets" and method == "POST":
             asset = str(uuid.uuid4())
