@@ -27,13 +27,14 @@ QUIET_PIP := { grep -v 'is ignored: it is neither a file nor a directory' || tru
 VARIANT ?= cpu
 IMAGE ?= mnist-job:$(VARIANT)
 
-.PHONY: help venv venv-wml-deprecated venv-tf214 venv-tf218 data train test lint format lock docs bench bench-short bench-heldout bench-runs bench-startup image image-test image-test-gpu clean
+.PHONY: help venv venv-wml-deprecated venv-tf214 venv-tf218 data train test lint format lock docs bench bench-short bench-determinism bench-heldout bench-runs bench-startup image image-test image-test-gpu clean
 
 help:
 	@echo "make train   - set up, fetch MNIST, train with defaults (results under ./runs)"
 	@echo "make test    - set up, fetch MNIST, run lint and the whole test suite"
 	@echo "make data    - fetch and verify real MNIST into ./data (idempotent)"
 	@echo "make bench   - default recipe vs the notebook: time to 99%, final accuracy, samples/s (bench-short: quick)"
+	@echo "make bench-determinism - samples/s with DETERMINISTIC=on against off (median of 3, alternated)"
 	@echo "make bench-heldout - recipe variants on a held-out part of the training set (HELDOUT_VARIANTS, HELDOUT_SEEDS)"
 	@echo "make bench-runs - runs / champion lookup / prune cost with 1,000 and 10,000 runs"
 	@echo "make bench-startup - the job's own start-up and exit time around a tiny training"
@@ -162,6 +163,10 @@ bench: data
 
 bench-short: data
 	$(PY) bench/bench.py --short
+
+# Determinism's cost alone: DETERMINISTIC=on against off, alternated, median of 3 each.
+bench-determinism: data
+	$(PY) bench/bench.py --determinism
 
 # Recipe choices compared on the last 10,000 training digits, never on the test set; the
 # default reruns the comparison behind the fast recipe's learning rate (README, Performance).

@@ -11,9 +11,12 @@ assumes either). Measured, in this order:
 3. the notebook: the seed recipe to its end, once (samples/s, accuracy, RSS);
 4. float32 throughput, the non-bfloat16 case: both recipes for 4 epochs with PRECISION=float32,
    alternated, so the ratio holds on a CPU without bfloat16 hardware too;
+5. determinism's cost: the default recipe for 3 epochs with DETERMINISTIC=on and off,
+   alternated, three times each (median samples/s);
 and the machine's matmul throughput (float32, bfloat16), the arithmetic yardstick.
 
     python bench/bench.py [--short]     (--short: one repetition of each, fewer epochs)
+    python bench/bench.py --determinism (5. alone: `make bench-determinism`)
 
 Writes bench/results/bench-<time>.json and prints a summary with ratios against the notebook.
 """
@@ -151,6 +154,7 @@ def median(rows: list[dict], key: str) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--short", action="store_true", help="one repetition, fewer epochs")
+    parser.add_argument("--determinism", action="store_true", help="only determinism's cost")
     args = parser.parse_args()
     reps = 1 if args.short else 3
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -176,6 +180,25 @@ def main() -> None:
         return row
 
     rows: list[dict] = []
+
+    def determinism_cost() -> dict:
+        for rep in range(3):
+            for mode in (("on", "off"), ("off", "on"))[rep % 2]:
+                row = run_job("fast", f"{stamp}-det-{mode}-{rep}", EPOCHS="3", DETERMINISTIC=mode)
+                record(f"deterministic-{mode}", row)
+        on = median([r for r in rows if r["group"] == "deterministic-on"], "samples_per_second")
+        off = median([r for r in rows if r["group"] == "deterministic-off"], "samples_per_second")
+        return {"deterministic_samples_per_second": on, "nondeterministic_samples_per_second": off,
+                "ratio_deterministic_samples_per_second": on / off}  # fmt: skip
+
+    if args.determinism:
+        cost = determinism_cost()
+        out = RESULTS / f"bench-determinism-{stamp}.json"
+        out.write_text(json.dumps({"runs": rows, "summary": cost}, indent=2) + "\n")
+        for key, value in cost.items():
+            print(f"{key:38s} {value:>12,.2f}")
+        print(f"written: {out.relative_to(ROOT)}")
+        return
     short = {"EPOCHS": "3"} if args.short else {}
     for rep in range(reps):
         record("to_99", run_job("fast", f"{stamp}-t{rep}", TARGET_ACCURACY=str(TARGET)))
@@ -186,6 +209,8 @@ def main() -> None:
         for recipe in order:
             tag = f"{stamp}-f32-{len(rows)}"
             record(f"float32-{recipe}", run_job(recipe, tag, EPOCHS="4", PRECISION="float32"))
+
+    cost = determinism_cost()
 
     def med(group: str, key: str) -> float | None:
         return median([r for r in rows if r["group"] == group], key)
@@ -204,6 +229,7 @@ def main() -> None:
         "default_precision": next(r["precision"] for r in rows if r["group"] == "final"),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in rows if r["group"] != "notebook"),
         "notebook_peak_rss_mb": med("notebook", "peak_rss_mb"),
+        **cost,
     }
     summary["ratio_samples_per_second"] = (
         summary["default_samples_per_second"] / summary["notebook_samples_per_second"]
@@ -231,6 +257,9 @@ def main() -> None:
         ("float32_notebook_samples_per_second", ",.0f"),
         ("ratio_float32_samples_per_second", ".2f"), ("float32_default_arithmetic_fraction", ".1%"),
         ("peak_rss_mb", ",.0f"), ("notebook_peak_rss_mb", ",.0f"),
+        ("deterministic_samples_per_second", ",.0f"),
+        ("nondeterministic_samples_per_second", ",.0f"),
+        ("ratio_deterministic_samples_per_second", ".3f"),
     ):  # fmt: skip
         print(f"{key:38s} {fmt(summary[key], spec):>12s}")
     print(f"final accuracies (seeds 1..{reps}): {summary['final_accuracies']}")

@@ -21,9 +21,9 @@ import time
 import traceback
 from pathlib import Path
 
-from job import check, logs
+from job import check, logs, notify
 from job import config as config_mod
-from job.errors import EXIT_OK, ConfigError, DataError, JobError, report
+from job.errors import EXIT_OK, VERIFY_EXIT, ConfigError, DataError, JobError, report
 from job.launch import submit
 from job.launch.backend import Options
 from job.launch.docker import DEFAULT_IMAGE
@@ -121,6 +121,16 @@ def _parser() -> argparse.ArgumentParser:
         "or `models/<name>`",
     )  # fmt: skip
     pred.add_argument("images", type=Path, nargs="+", help="grayscale digit images (PNG, ...)")
+    ver = command(
+        "verify", cmd_verify, help="check a finished run's model against its weights digest; "
+        "--retrain: train it again from its recorded inputs and compare (exit 0 identical, "
+        "1 different, 6 not comparable here)",
+    )  # fmt: skip
+    ver.add_argument("run_id", help="a finished run in OUTPUT_URI")
+    ver.add_argument(
+        "--retrain", action="store_true",
+        help="retrain in a scratch folder (never in the run) and compare bit for bit",
+    )  # fmt: skip
     return parser
 
 
@@ -209,13 +219,28 @@ def _log_setup(cfg: config_mod.Config) -> None:
 
 def cmd_train(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     # From here until training begins a stop request ends the process at once; then it is
-    # recorded and honoured at the next batch (job.training.preemption). The store is opened
-    # (and a wrong bucket found) before TensorFlow is loaded.
+    # recorded and honoured at the next batch (job.training.preemption).
     guard = PreemptionGuard()
     guard.install()
+    attempt = notify.Attempt(cfg)  # NOTIFY_URL hears how this attempt ends (job.notify)
+    try:
+        return _train(cfg, guard, attempt)
+    except StopNow as stop:  # as `main` reports it
+        guard.defer()  # a stop request now must not cut the notification short
+        attempt.ended(stop.preempted)
+        raise
+    except Exception as exc:
+        guard.defer()
+        attempt.ended(exc)
+        raise
+
+
+def _train(cfg: config_mod.Config, guard: PreemptionGuard, attempt: notify.Attempt) -> int:
+    # The store is opened (and a wrong bucket found) before TensorFlow is loaded.
     store = open_store(cfg.output_uri, cfg.storage)
     # The cheap checks before TensorFlow loads: a wrong bucket or key fails in about a second.
     _stop_on_failure(check.before_training(cfg, store))
+    attempt.before_training(store)
     threads, source = cpus.usable(cfg.threads)
     # Said before TensorFlow loads (4-5 s on 2 cores): the first line comes at once.
     logs.get("job.cpus").info("threads", threads=threads, source=source)
@@ -238,7 +263,8 @@ def cmd_train(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         raise DataError(f"{location}/{layout.METRICS}: not this job's metrics") from None
     print(line)
     print(accuracy)
-    print(f"Results: {location}")
+    print(f"Results: {location}", flush=True)  # the results first, then at most 5 s of telling
+    attempt.succeeded(result, store)
     return EXIT_OK
 
 
@@ -351,6 +377,24 @@ def cmd_predict(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_verify(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    run_id = config_mod.check_run_id("RUN_ID", args.run_id)
+    threads, _ = cpus.usable(cfg.threads)
+    if args.retrain:  # the run's own thread count, set before TensorFlow loads
+        run = RunReader(open_store(cfg.output_uri, cfg.storage), run_id)
+        metrics = run.read_json(layout.METRICS) or {}
+        recorded = (metrics.get("conditions") or {}).get("threads")
+        threads = recorded if isinstance(recorded, int) and 0 < recorded <= 1024 else threads
+    cpus.before_tensorflow(threads)
+    logs.import_tensorflow_quietly(cfg.logging.level)
+    cpus.size_pools(threads)
+    from job.training.verify import verify  # deferred: TensorFlow
+
+    verdict = verify(cfg, run_id, retrain_it=args.retrain)
+    print(f"{verdict.outcome}: {verdict.detail}")
+    return VERIFY_EXIT[verdict.outcome]
+
+
 def cmd_models(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     name = config_mod.check_model_name("MODEL_NAME", args.name or cfg.model_name)
     store = open_store(cfg.output_uri, cfg.storage)
@@ -368,6 +412,8 @@ def cmd_models(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         print(
             f"Model file: {layout.parse('OUTPUT_URI', cfg.output_uri).child(record['model']).uri}"
         )
+        if record.get("weights_sha256"):
+            print(f"Weights: sha256 {_shown(record['weights_sha256'], 64)} (python -m job verify)")
     for e in entries:  # read from the store: shown, never trusted (no terminal escapes)
         mark = "promoted" if e.get("promoted") is True else "kept"
         fields = (_shown(e.get("sequence"), 5), _shown(e.get("decided_at"), 19),

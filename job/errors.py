@@ -29,6 +29,9 @@ EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130
 
 # `watch`: how the run it followed ended (0 is success, as for every command).
 WATCH_EXIT = {"succeeded": EXIT_OK, "failed": 1, "stalled": 3, "cancelled": 4, "not_found": 5}
+# `verify`: 0 and 1 as `cmp` answers; 6 when the answer cannot be had here (another TensorFlow,
+# Keras or CPU features than the run's, or a run that recorded no digest).
+VERIFY_EXIT = {"identical": EXIT_OK, "different": 1, "incomparable": 6}
 
 
 class JobError(Exception):

@@ -28,7 +28,8 @@ ALLOWED = {
     "training": {"training", "runstore", "config", "errors", "logs", "__init__"},
     "launch": {"launch", "runstore", "config", "errors", "logs", "__init__"},
     "check": {"check", "launch", "training", "runstore", "config", "errors", "logs"},
-    "cli": {"cli", "check", "launch", "training", "runstore", "config", "errors", "logs"},
+    "notify": {"notify", "runstore", "config", "errors", "logs"},
+    "cli": {"cli", "check", "notify", "launch", "training", "runstore", "config", "errors", "logs"},
     "__main__": {"cli"},
     "__init__": set(),
 }

@@ -29,6 +29,7 @@ QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
 PINNED = re.compile(r"^[a-z0-9.-]+(/[a-z0-9._-]+)+:[\w.-]+@sha256:[0-9a-f]{64}$")
 CLUSTER_SCOPED = {"Namespace"}
 NAME = "app.kubernetes.io/name"
+NOTIFY_SECRET = "mnist-job-notify"  # the optional Secret of the CronJob's webhook
 
 
 def venv_tool(name: str) -> str:
@@ -167,15 +168,19 @@ def test_credentials_only_from_the_secret_as_files(overlay):
         assert not [s for s in container.get("envFrom", []) if "secretRef" in s]
         literal = [e for e in env.values() if "value" in e and not e["name"].endswith("_FILE")]
         assert not [e for e in literal if re.search(r"SECRET|KEY|TOKEN|PASSWORD", e["name"])]
-        # The COS keys as files of a read-only 0400 volume of the Secret mnist-job-cos.
+        # The COS keys as files of a read-only 0400 volume of the Secret mnist-job-cos (and the
+        # CronJob's webhook from its own Secret: test_the_cronjob_notifies_from_an_optional_secret).
         volumes = {v["name"]: v for v in pod["volumes"]}
         secret_mounts = {
             m["mountPath"]: volumes[m["name"]]["secret"]
             for m in container["volumeMounts"]
             if "secret" in volumes[m["name"]]
         }
-        assert [m["readOnly"] for m in container["volumeMounts"] if "secret" in
-                volumes[m["name"]]] == [True]  # fmt: skip
+        assert all(m["readOnly"] for m in container["volumeMounts"] if "secret" in
+                   volumes[m["name"]])  # fmt: skip
+        for path in [p for p, s in secret_mounts.items() if s["secretName"] == NOTIFY_SECRET]:
+            del secret_mounts[path]
+            assert env.pop("NOTIFY_URL_FILE")["value"].startswith(path + "/")
         ((mount, secret),) = secret_mounts.items()
         assert secret["secretName"] == example["metadata"]["name"] == "mnist-job-cos"
         assert secret["defaultMode"] == 0o400
@@ -190,6 +195,31 @@ def test_credentials_only_from_the_secret_as_files(overlay):
         }
         run_id = env["RUN_ID"]["valueFrom"]["fieldRef"]["fieldPath"]
         assert run_id == "metadata.labels['batch.kubernetes.io/job-name']"
+
+
+def test_the_cronjob_notifies_from_an_optional_secret(tmp_path):
+    """NOTIFY_URL_FILE names the key `url` of the optional Secret mnist-job-notify, mounted
+    read-only 0400 like the COS keys; without that Secret the job starts and tells nobody."""
+    (cron,) = [d for d in render("gpu") if d["kind"] == "CronJob"]
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    (volume,) = [
+        v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == NOTIFY_SECRET
+    ]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert volume["secret"]["optional"] is True and volume["secret"]["defaultMode"] == 0o400
+    assert volume["secret"]["items"] == [{"key": "url", "path": "url"}] and mount["readOnly"]
+    assert env["NOTIFY_URL_FILE"] == f"{mount['mountPath']}/url"
+    # The Secret absent: the kubelet mounts an empty folder, and the job has no webhook.
+    (tmp_path / "notify").mkdir()
+    absent = {"NOTIFY_URL_FILE": str(tmp_path / "notify" / "url")}
+    assert config.load(absent).notify_url is None
+    # Only the nightly CronJob tells: one-off Jobs and the other overlays do not mount it.
+    for overlay in OVERLAYS:
+        for d in render(overlay):
+            if d["kind"] == "Job":
+                assert NOTIFY_SECRET not in json.dumps(d)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

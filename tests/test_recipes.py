@@ -47,9 +47,12 @@ def test_seed_recipe_compiles_the_notebook_model(mnist_dir):
     ds = data.load("mnist", str(mnist_dir)).limited(1000, 100)
     plan = training_plan(t, ds)
     assert (plan.batch_size, plan.steps_per_epoch, plan.steps_per_execution) == (128, 8, 1)
-    x = plan.fit_args["x"]
-    assert x.shape == (1000, 28, 28, 1) and x.dtype == np.uint8, "raw digits: the model scales"
-    assert plan.fit_args["batch_size"] == 128
+    args = plan.fit_args(0)
+    batches = list(args["x"].take(16))  # two of its epochs, one after the other
+    assert [len(y) for _, y in batches] == [128] * 7 + [104] + [128] * 7 + [104], "every digit"
+    x, _ = batches[0]
+    assert x.shape == (128, 28, 28, 1) and x.dtype == np.uint8, "raw digits: the model scales"
+    assert args["steps_per_epoch"] == 8 and args["shuffle"] is False
     model = build_model()
     rate = learning_rate(t.learning_rate, t.schedule, 8, t.epochs, t.warmup_epochs)
     compile_model(model, rate, label_smoothing=t.label_smoothing)
@@ -187,7 +190,7 @@ def test_identity_and_shift_transforms():
     shifted = transform(images, affine_matrix(zeros, ones, ones * 2, zeros)).numpy()
     np.testing.assert_allclose(shifted[:, :, 2:], images.numpy()[:, :, :-2], atol=1e-5)
     assert np.all(shifted[:, :, :2] == 0), "zero fill where the image moved away"
-    turned = transform(images, random_transforms(tf.constant(3))).numpy()
+    turned = transform(images, random_transforms(tf.constant(3), tf.constant([1, 2]))).numpy()
     assert turned.shape == images.shape and not np.allclose(turned, images.numpy())
     assert turned.min() >= 0.0 and turned.max() <= 1.0 + 1e-6
     quarter = transform(images, affine_matrix(ones * math.pi / 2, ones, zeros, zeros)).numpy()
@@ -201,7 +204,9 @@ def test_training_dataset_drops_the_remainder_and_one_hots(mnist_dir):
     from job.training.pipeline import training_dataset
 
     ds = data.load("mnist", str(mnist_dir)).limited(1000, 10)
-    batches = list(training_dataset(ds.x_train, ds.y_train, 300, augment_images=True, seed=1))
+    batches = list(
+        training_dataset(ds.x_train, ds.y_train, 300, augment_images=True, seed=1, epochs=1)
+    )
     assert len(batches) == 3
     x, y = batches[0]
     assert x.shape == (300, 28, 28, 1) and y.shape == (300, 10)
@@ -216,7 +221,7 @@ def test_pipelines_run_without_autotuning(mnist_dir):
     from job.training.pipeline import eval_dataset, training_dataset
 
     ds = data.load("mnist", str(mnist_dir)).limited(1000, 10)
-    train = training_dataset(ds.x_train, ds.y_train, 300, augment_images=True, seed=1)
+    train = training_dataset(ds.x_train, ds.y_train, 300, augment_images=True, seed=1, epochs=1)
     for dataset in (train, eval_dataset(ds.x_test, ds.y_test)):
         assert dataset.options().autotune.enabled is False
 

@@ -27,7 +27,7 @@ from job.config.sections import (
     Training,
     Wml,
 )
-from job.config.settings import BY_NAME, SECRET_NAMES, VARIABLES, default
+from job.config.settings import BY_NAME, OPTIONAL_FILE_NAMES, SECRET_NAMES, VARIABLES, default
 from job.errors import ConfigError
 from job.logs import REDACTED
 
@@ -129,7 +129,8 @@ def read_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]
 def secrets_from_files(env: Mapping[str, str]) -> dict[str, str]:
     """`env` with each secret given as `<NAME>_FILE` replaced by `<NAME>` holding the file's
     content, checked by NAME's own parser; `<NAME>` and `<NAME>_FILE` together are refused.
-    Empty values count as unset, as everywhere."""
+    Empty values count as unset, as everywhere, and so does a missing file for a setting
+    declared `optional_file`."""
     out = dict(env)
     for name in sorted(SECRET_NAMES):
         pointer = name + FILE_SUFFIX
@@ -138,6 +139,8 @@ def secrets_from_files(env: Mapping[str, str]) -> dict[str, str]:
             continue
         if out.get(name, "").strip():
             raise ConfigError(pointer, path, f"unset when {name} is set (give one of the two)")
+        if name in OPTIONAL_FILE_NAMES and not os.path.exists(path):
+            continue  # an optional Kubernetes Secret that does not exist mounts as no file
         value = _read_secret_file(pointer, path)
         try:
             # The same checks as the variable itself, but the error names the file's variable:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from job.errors import ConfigError
 from job.logs import REDACTED
@@ -72,6 +73,29 @@ def secret(name: str, raw: str) -> str:
     # output only as a whole token (job.logs.scrub).
     if any(c.isspace() or not c.isprintable() for c in raw):
         raise ConfigError(name, REDACTED, "a key without spaces or control characters")
+    return raw
+
+
+# RFC 3986's characters: a URL as written, never one a person must still percent-encode.
+_URL_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
+
+
+def webhook_url(name: str, raw: str) -> str:
+    """An http(s) URL with a host and no user:password@: a webhook's. Its path or query often
+    is the credential (Slack's, Teams'), so the value is never echoed back in an error."""
+    try:
+        url = urlsplit(raw)
+        url.port  # noqa: B018 (a port out of range or not a number raises here)
+    except ValueError:
+        url = None
+    if (
+        url is None
+        or not _URL_CHARS.fullmatch(raw)
+        or url.scheme not in ("http", "https")
+        or not url.hostname
+        or url.username is not None
+    ):
+        raise ConfigError(name, REDACTED, "an http:// or https:// URL with a host")
     return raw
 
 

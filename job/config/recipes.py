@@ -19,7 +19,9 @@ RECIPES: dict[str, dict[str, object]] = {
         "augment": False,  # random rotation, scale and shift per training image
         "label_smoothing": 0.0,
         "ema_momentum": 0.0,  # no weight averaging
-        "pipeline": "numpy",  # arrays into fit, as the notebook; or "tfdata"
+        # "numpy": every digit each epoch, the last batch partial, as the notebook's arrays
+        # into fit; "tfdata": whole batches, several made at once (job.training.plan)
+        "pipeline": "numpy",
         "max_steps_per_execution": 1,
     },
     "fast": {

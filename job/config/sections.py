@@ -109,12 +109,14 @@ class Config:
     work_dir: str | None = None
     lease_seconds: int = default("LEASE_SECONDS")
     resume: str = default("RESUME")
+    deterministic: str = default("DETERMINISTIC")
     threads: int | None = None
     storage: Storage = field(default_factory=Storage)
     distribution: Distribution = field(default_factory=Distribution)
     logging: Logging = field(default_factory=Logging)
     promotion: Promotion = field(default_factory=Promotion)
     wml: Wml = field(default_factory=Wml)
+    notify_url: str | None = field(default=None, repr=False)  # secret: the table says so
 
     @property
     def model_name(self) -> str:

@@ -42,7 +42,9 @@ class Variable:
     read where `meaning` says). `side`: who reads it (job, submitter, both). `forward`: what the
     submitter does with it when it starts a container: "yes", "no", or "remote" (only a value
     that names a bucket; a host path means nothing inside a container). `fallbacks`: other
-    names read when this one is unset (the platform's: WML's, AWS's).
+    names read when this one is unset (the platform's: WML's, AWS's). `optional_file`, for a
+    secret: a `<NAME>_FILE` naming no file counts as unset, as Kubernetes mounts an optional
+    Secret that does not exist (an empty folder), instead of exit 78.
     """
 
     name: str
@@ -56,6 +58,7 @@ class Variable:
     forward: str = "yes"
     fallbacks: tuple[str, ...] = ()
     unset: str = "-"  # what a None default means, in the docs
+    optional_file: bool = False
 
     @property
     def from_recipe(self) -> bool:
@@ -144,6 +147,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MODEL_NAME", p.check_model_name, computed("the dataset's name"),
              "the model whose champion the run may become: `<OUTPUT_URI>/models/<MODEL_NAME>/`",
              "promotion", "model_name"),
+    Variable("NOTIFY_URL", p.webhook_url, None,
+             "an http(s) webhook (Slack, Teams, any JSON receiver) that gets one POST when a "
+             "`train` attempt ends: succeeded, failed or preempted ([notifications]"
+             "(operations.md#notifications)). A secret: its URL holds the credential. "
+             "`NOTIFY_URL_FILE` naming no file counts as unset (an optional Secret)",
+             attr="notify_url", secret=True, optional_file=True, unset="no notifications"),
     Variable("WORK_DIR", p.text, None,
              "local scratch for checkpoints and artifacts before they are published",
              attr="work_dir", forward="no", unset="system temp"),
@@ -155,6 +164,11 @@ VARIABLES: tuple[Variable, ...] = (
              "`auto`: a rerun of a RUN_ID continues from its checkpoint if it was trained with "
              "the same settings and data (else exit 78 naming what differs); `discard`: start "
              "the run over", attr="resume"),
+    Variable("DETERMINISTIC", p.choice("on", "off"), "on",
+             "`on`: TensorFlow's op determinism, so the same inputs give bit-identical weights "
+             "on the same machine and software (`weights_sha256` in metrics.json, `verify`); "
+             "`off`: kernels may reduce in any order (see performance.md for the cost)",
+             attr="deterministic"),
     Variable("THREADS", p.integer(1, 1024),
              computed("the smaller of the cgroup CPU quota and the affinity mask"),
              "TensorFlow's thread pools (the CPUs used and their source are logged)",
@@ -248,6 +262,9 @@ VARIABLES: tuple[Variable, ...] = (
 )  # fmt: skip
 BY_NAME = {v.name: v for v in VARIABLES}
 SECRET_NAMES = frozenset(n for v in VARIABLES if v.secret for n in (v.name, *v.fallbacks))
+OPTIONAL_FILE_NAMES = frozenset(
+    n for v in VARIABLES if v.secret and v.optional_file for n in (v.name, *v.fallbacks)
+)
 # Hyperparameters: what WML shows for a training run. The training section, by construction.
 HYPERPARAMETERS = tuple(v.name for v in VARIABLES if v.section == _T)
 

@@ -62,6 +62,7 @@ class Candidate:
     dataset: str
     test_set_sha256: str | None
     code_version: str | None
+    weights_sha256: str | None = None  # the run's weights digest, where it recorded one
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ def _checked_candidate(store: Store, run_id: str) -> Candidate:
         dataset=_text(metrics.get("dataset")) or "unknown",
         test_set_sha256=_hex(metrics.get("test_set_sha256")),
         code_version=_text(metrics.get("code_version")),
+        weights_sha256=_hex(metrics.get("weights_sha256")),
     )
 
 

@@ -114,6 +114,7 @@ METRICS = Kind("metrics", 16 * MIB, {
     "test_accuracy": number(0, 1), "test_loss": number(), "baseline_error_pct": number(0, 100),
     "misclassified_count": integer(0), "n_test": integer(0), "dataset": text(64),
     "per_class": list_of(fields(**{"class": integer(0, 1000)}, recall=number(0, 1))),
+    "weights_sha256": is_sha256, "conditions": fields(),
 })  # fmt: skip
 MANIFEST = Kind("completion manifest", 4 * MIB, {
     "files": list_of(record(path=text(1024), size=integer(0), sha256=is_sha256)),

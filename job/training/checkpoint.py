@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from job import logs
 from job.errors import ConfigError, DataError
@@ -22,6 +23,7 @@ from job.runstore import objects
 from job.runstore.digest import sha256_bytes, sha256_file
 from job.runstore.layout import CHECKPOINTS, LATEST_CHECKPOINT, RunFiles, checkpoint_key
 from job.runstore.publish import RunPublisher, now_iso
+from job.training import compat
 from job.training.callbacks import History
 
 # Settings that checkpoints written before they existed were trained with: such a checkpoint
@@ -91,9 +93,32 @@ class Checkpointer(keras.callbacks.Callback):
         self.local.write_bytes(raw)
         model.optimizer.build(model.trainable_variables)
         model.load_weights(self.local)
+        self.restore_random_states(model, meta.get("random_streams"), where)
         self.history.restore(history)
         self.log.info("resumed", from_epoch=epoch, next_epoch=epoch + 1)
         return epoch
+
+    def restore_random_states(self, model, saved: object, where: str) -> None:
+        """The model's random streams where the checkpoint left them. A checkpoint written
+        before they were kept resumes with a warning: its run will not be bit-identical to an
+        uninterrupted one, which is better at 3 a.m. than a run that cannot go on."""
+        states = compat.random_states(model)
+        if saved is None:
+            if states:
+                self.log.warning("checkpoint_without_random_streams", checkpoint=where,
+                                 effect="the resumed run is not bit-identical to an "
+                                 "uninterrupted one")  # fmt: skip
+            return
+        pairs = saved if isinstance(saved, list) else []
+        if len(pairs) != len(states) or not all(
+            isinstance(p, list) and len(p) == 2 and all(type(i) is int for i in p) for p in pairs
+        ):
+            raise DataError(
+                f"{where}: random_streams is not {len(states)} [seed, count] pairs; "
+                "RESUME=discard starts the run over"
+            )
+        for variable, value in zip(states, pairs, strict=True):
+            variable.assign(np.asarray(value, dtype=variable.dtype))
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         started = time.perf_counter()
@@ -107,6 +132,9 @@ class Checkpointer(keras.callbacks.Callback):
             "size": self.local.stat().st_size,
             "history": self.history.entries,
             "settings": self.settings,
+            "random_streams": [
+                [int(i) for i in np.asarray(v.numpy())] for v in compat.random_states(self.model)
+            ],
             "saved_at": now_iso(),
         }
         self.target.put_json(LATEST_CHECKPOINT, meta)

@@ -30,6 +30,9 @@ between takes whichever path it supports. What differs:
   synchronized on read), so nothing is patched there. `patch_for_multi_worker`.
   `steps_per_execution` above 1 also fails under Keras 3's multi-worker loop (a graph error),
   so job.training.plan uses 1 for it.
+- Op determinism: only switching it on has a public spelling; `op_determinism`.
+- Random streams: Keras 3 keeps Dropout's random state in a variable outside the weights file;
+  Keras 2 has none to carry. `random_states`.
 - The optimizer's moving average of the weights (EMA): both keep it in
   `optimizer._model_variables_moving_average`, Keras 3 in the order of the weights it was built
   with (`_get_variable_index`, Keras 3.5 too), Keras 2 through `_index_dict`, both on the inner
@@ -64,6 +67,29 @@ def export_saved_model(model, path: str) -> None:
     options = {"format": "tf_saved_model"} if "format" in parameters else {}
     with contextlib.redirect_stdout(io.StringIO()):
         model.export(path, **options)
+
+
+def op_determinism(on: bool) -> None:
+    """TensorFlow's op determinism: kernels that would pick a faster, order-dependent reduction
+    pick a fixed one. Switching it off has no public spelling (only `enable_op_determinism`
+    is in tf.config.experimental, in 2.14 as in 2.21), so the framework's own is used; it
+    matters for a process that trains twice (tests, `verify --retrain`)."""
+    import tensorflow as tf
+    from tensorflow.python.framework import config as framework_config
+
+    if on:
+        tf.config.experimental.enable_op_determinism()
+    elif framework_config.is_op_determinism_enabled():
+        framework_config.disable_op_determinism()
+
+
+def random_states(model) -> list:
+    """The variables of the model's own random streams (Dropout's), which a weights file leaves
+    out: Keras 3 keeps each layer's SeedGenerator state, [seed, calls so far], beside the
+    weights, not among them. A checkpoint carries their values so that a resumed run draws what
+    the uninterrupted one would have (job.training.checkpoint). Keras 2's Dropout keeps no
+    such variable: none is found, and a resume there is not bit-identical."""
+    return [v for v in model.variables if getattr(v, "path", "").endswith("seed_generator_state")]
 
 
 def averaged_weights(model) -> list[tuple]:

@@ -82,6 +82,9 @@ class Outcome:
     params: dict
     target_reached_epoch: int | None = None
     resumed_from_epoch: int | None = None
+    inputs: dict | None = None  # the settings and data a rerun must match (train.resume_settings)
+    weights_sha256: str | None = None  # job.training.fingerprint
+    conditions: dict | None = None  # what the weights' bits depend on beside the inputs
 
     def timings(self) -> dict[str, float]:
         """Wall time of fit and evaluation, and throughput over the epochs' training time."""
@@ -119,6 +122,9 @@ def run_metrics(
         "params": outcome.params,
         "target_reached_epoch": outcome.target_reached_epoch,
         "resumed_from_epoch": outcome.resumed_from_epoch,
+        "inputs": outcome.inputs,
+        "weights_sha256": outcome.weights_sha256,
+        "conditions": outcome.conditions,
     }
 
 

@@ -1,11 +1,15 @@
-"""The tf.data input pipeline of the `fast` recipe, with light random affine augmentation.
+"""The tf.data input pipeline: training batches in a fresh order each epoch, with the `fast`
+recipe's light random affine augmentation.
 
-Batches are drawn from a fresh permutation each epoch (the remainder dropped, so every epoch
-has the same step count), gathered from the in-memory uint8 arrays, and, for training, each
-image gets its own small random rotation, scale and shift in one bilinear resampling pass
-(ImageProjectiveTransformV3).
-Pixels stay 0-255: the model scales its own input (job.training.model). The test set is never
-augmented.
+Batches are drawn from a new permutation each epoch, gathered from the in-memory uint8 arrays,
+and, with augmentation, each image gets its own small random rotation, scale and shift in one
+bilinear resampling pass (ImageProjectiveTransformV3). Pixels stay 0-255: the model scales its
+own input (job.training.model). The test set is never augmented.
+
+Every random choice is a pure function of (SEED, epoch, step): an epoch's order is a stateless
+permutation keyed on (SEED, epoch), a batch's augmentation stateless draws keyed on (SEED,
+epoch, step). No random state lives in the pipeline, so a run resumed at epoch k sees exactly
+the batches the uninterrupted run saw from epoch k on (job.training.train: bit-identical runs).
 """
 
 from __future__ import annotations
@@ -43,13 +47,33 @@ def affine_matrix(angle, scale, tx, ty, size: int = 28) -> tf.Tensor:
     return tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
 
 
-def random_transforms(n: tf.Tensor) -> tf.Tensor:
-    """A small random rotation, scale and shift for each of n images."""
+# Stateless random streams: a key is (SEED, a counter unique to the epoch, step and stream).
+MAX_STEPS = 1 << 24  # steps in one epoch: 60,000 digits in batches of 1 is 60,000
+ORDER, AUGMENT = 0, 1  # the streams
+
+
+def stream_key(seed, epoch, step, stream: int) -> tf.Tensor:
+    """The stateless seed of one stream at one step of one epoch (int64, never reused)."""
+    epoch, step = tf.cast(epoch, tf.int64), tf.cast(step, tf.int64)
+    return tf.stack([tf.cast(seed, tf.int64), (epoch * MAX_STEPS + step) * 2 + stream])
+
+
+def epoch_order(n: int, seed, epoch) -> tf.Tensor:
+    """A permutation of range(n), the same for the same (seed, epoch) on every run."""
+    keys = tf.random.stateless_uniform(
+        [n], seed=stream_key(seed, epoch, 0, ORDER), minval=None, maxval=None, dtype=tf.int64
+    )
+    return tf.argsort(keys, stable=True)
+
+
+def random_transforms(n: tf.Tensor, key: tf.Tensor) -> tf.Tensor:
+    """A small random rotation, scale and shift for each of n images, drawn from `key`."""
+    u = tf.random.stateless_uniform(tf.stack([4, n]), seed=key)  # [0, 1)
     return affine_matrix(
-        tf.random.uniform([n], -1.0, 1.0) * (MAX_ROTATION_DEG * math.pi / 180),
-        tf.random.uniform([n], *SCALE_RANGE),
-        tf.random.uniform([n], -MAX_SHIFT_PX, MAX_SHIFT_PX),
-        tf.random.uniform([n], -MAX_SHIFT_PX, MAX_SHIFT_PX),
+        (u[0] * 2 - 1) * (MAX_ROTATION_DEG * math.pi / 180),
+        SCALE_RANGE[0] + u[1] * (SCALE_RANGE[1] - SCALE_RANGE[0]),
+        (u[2] * 2 - 1) * MAX_SHIFT_PX,
+        (u[3] * 2 - 1) * MAX_SHIFT_PX,
     )
 
 
@@ -88,24 +112,41 @@ def _options(dataset: tf.data.Dataset) -> tf.data.Dataset:
 
 
 def training_dataset(
-    x: np.ndarray, y: np.ndarray, batch_size: int, *, augment_images: bool, seed: int
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    *,
+    augment_images: bool,
+    seed: int,
+    epochs: int,
+    first_epoch: int = 0,
+    drop_remainder: bool = True,
 ) -> tf.data.Dataset:
+    """The batches of epochs `first_epoch` to `epochs - 1`, one epoch after the other: `fit`
+    is given the epoch's step count, so its iterator runs on from one epoch into the next (a
+    dataset rebuilt for each epoch would need random state to differ between them). Without
+    `drop_remainder` the last batch of an epoch is partial, as the notebook's arrays give."""
     images, labels = tf.constant(x), tf.constant(y)
     n = len(y)
 
-    def gather(idx):
+    def epoch_batches(epoch):
+        order = tf.data.Dataset.from_tensor_slices(epoch_order(n, seed, epoch))
+        batches = order.batch(batch_size, drop_remainder=drop_remainder).enumerate()
+        return batches.map(lambda step, idx: (epoch, step, idx))
+
+    def gather(epoch, step, idx):
         batch = tf.gather(images, idx)[..., None]
         if augment_images:
             # Resampled in float, kept as float 0-255: the model's first layer casts and scales.
             batch = tf.cast(batch, tf.float32)
-            batch = transform(batch, random_transforms(tf.shape(batch)[0]))
+            key = stream_key(seed, epoch, step, AUGMENT)
+            batch = transform(batch, random_transforms(tf.shape(batch)[0], key))
         return batch, tf.one_hot(tf.gather(labels, idx), 10)
 
     return _options(
-        tf.data.Dataset.range(n)
-        .shuffle(n, seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size, drop_remainder=True)
-        .map(gather, num_parallel_calls=map_parallelism())
+        tf.data.Dataset.range(first_epoch, epochs)
+        .flat_map(epoch_batches)
+        .map(gather, num_parallel_calls=map_parallelism(), deterministic=True)
         .prefetch(PREFETCH_BATCHES)
     )
 

@@ -1,19 +1,16 @@
-"""What `fit` is given: the notebook's numpy arrays, or the fast recipe's tf.data pipeline."""
+"""What `fit` is given: the notebook's arrays (every digit each epoch, the last batch partial,
+unaugmented), or the fast recipe's pipeline (whole batches, augmented). Both are batches in an
+order keyed on SEED and the epoch (job.training.pipeline), never Keras's own shuffling, whose
+random state a resumed run could not continue."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-
-import numpy as np
 
 from job.config import Training
 from job.training import pipeline
 from job.training.data import Dataset
-
-
-def prepare(x: np.ndarray, y: np.ndarray, n_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 digits with a channel axis (the model scales them); labels one-hot, as the seed."""
-    return x[..., None], np.eye(n_classes, dtype=np.float32)[y]
 
 
 def steps_per_execution(steps_per_epoch: int, limit: int) -> int:
@@ -39,7 +36,10 @@ class TrainingPlan:
     steps_per_execution: int
     samples_per_epoch: int  # what one epoch trains on (the fast recipe drops the remainder)
     ema_momentum: float  # 0: no moving average of the weights
-    fit_args: dict
+    inputs: Callable[[int], dict]  # fit's data arguments for the epochs from the one given on
+
+    def fit_args(self, first_epoch: int) -> dict:
+        return {**self.inputs(first_epoch), "steps_per_epoch": self.steps_per_epoch}
 
     def params(self) -> dict[str, object]:
         return {
@@ -58,33 +58,32 @@ def training_plan(
     """What `fit` is given: numpy arrays as in the notebook, or the tf.data pipeline."""
     n = len(ds.y_train)
     batch = min(training.batch_size * replicas, n)  # a smoke run smaller than a batch still trains
-    if training.pipeline == "tfdata":
-        train = pipeline.training_dataset(
-            ds.x_train, ds.y_train, batch, augment_images=training.augment, seed=training.seed
-        )
-        fit_args = {
-            "x": train,
-            "validation_data": pipeline.eval_dataset(ds.x_test, ds.y_test),
-            "shuffle": False,  # the pipeline shuffles; Keras would only warn it cannot
-        }
+    whole_batches = training.pipeline == "tfdata"
+    if whole_batches:
         steps = n // batch  # the remainder is dropped: every epoch has the same steps
         samples = steps * batch
     else:
-        x_train, y_train = prepare(ds.x_train, ds.y_train)
-        fit_args = {
-            "x": x_train,
-            "y": y_train,
-            "batch_size": batch,
-            "validation_data": prepare(ds.x_test, ds.y_test),
-        }
         steps, samples = -(-n // batch), n
+    # Never numpy arrays into Keras: its array adapter's parallel map is rewritten under op
+    # determinism with an attribute TensorFlow 2.21's runtime reports as an error line.
+    validation = pipeline.eval_dataset(ds.x_test, ds.y_test)
+
+    def inputs(first_epoch: int) -> dict:
+        train = pipeline.training_dataset(
+            ds.x_train, ds.y_train, batch, augment_images=training.augment,
+            seed=training.seed, epochs=training.epochs, first_epoch=first_epoch,
+            drop_remainder=whole_batches,
+        )  # fmt: skip
+        # shuffle=False: the pipeline orders the batches; Keras would only warn it cannot.
+        return {"x": train, "validation_data": validation, "shuffle": False}
+
     # More than one step per execution breaks Keras under a multi-worker strategy
     # (job.training.compat).
     limit = 1 if multi_worker and replicas > 1 else training.max_steps_per_execution
     spe = steps_per_execution(steps, limit)
     rate = training.learning_rate * replicas
     ema = average_momentum(training.ema_momentum, steps)
-    return TrainingPlan(replicas, batch, rate, steps, spe, samples, ema, fit_args)
+    return TrainingPlan(replicas, batch, rate, steps, spe, samples, ema, inputs)
 
 
 def average_momentum(momentum: float, steps_per_epoch: int) -> float:

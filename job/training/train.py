@@ -13,14 +13,25 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from job.config import VARIABLES, Config
 from job.runstore.store import Store
-from job.training import artifacts, compat, data, distribute, metrics, precision
+from job.training import (
+    artifacts,
+    compat,
+    cpus,
+    data,
+    distribute,
+    fingerprint,
+    metrics,
+    pipeline,
+    precision,
+)
 from job.training.callbacks import EpochReporter, EvaluateAverage, StopAtAccuracy, StopOnRequest
 from job.training.context import RunContext
 from job.training.model import build_model, compile_model, layer_table, learning_rate
-from job.training.plan import TrainingPlan, prepare, training_plan
+from job.training.plan import TrainingPlan, training_plan
 from job.training.preemption import PreemptionGuard, stopped_as_preempted
 
 
@@ -53,10 +64,12 @@ def run(
         ctx.log.info("data", source=ds.source, n_train=len(ds.y_train), n_test=len(ds.y_test))
         plan = training_plan(t, ds, ctx.replicas, multi_worker=config.distribution.multi_worker)
         keras.utils.set_random_seed(t.seed)
+        compat.op_determinism(config.deterministic == "on")
         model = build(ctx, plan, chosen)
         with ctx.scope():  # restored variables must be created as the strategy's
+            inputs = resume_settings(config, ds, plan)
             first_epoch = ctx.checkpointer.restore(
-                model, resume_settings(config, ds, plan), discard=config.resume == "discard"
+                model, inputs, discard=config.resume == "discard"
             )
         # Setup is done and training begins: from here a stop request waits for the next batch
         # or epoch boundary, so the epochs trained are checkpointed (job.training.preemption).
@@ -72,6 +85,9 @@ def run(
             params=params(config, plan, chosen, model.count_params()),
             target_reached_epoch=stopper.reached_at if stopper else None,
             resumed_from_epoch=first_epoch or None,
+            inputs=inputs,
+            weights_sha256=fingerprint.model_sha256(model),
+            conditions=fingerprint.conditions(chosen, threads_in_use(), config.deterministic),
         )
         result = metrics.run_metrics(config.run_id, t, ds, probs, outcome)
         ctx.log.info("evaluated", **metrics.headline(result))
@@ -80,6 +96,11 @@ def run(
         ctx.publish(folder, result, metrics.headline(result))
         ctx.run.promote()
     return result
+
+
+def threads_in_use() -> int:
+    """TensorFlow's intra-op threads (job.training.cpus set them from THREADS or the CPUs)."""
+    return tf.config.threading.get_intra_op_parallelism_threads() or cpus.usable(None)[0]
 
 
 def build(ctx: RunContext, plan: TrainingPlan, chosen: str):
@@ -145,7 +166,7 @@ def fit(
     ctx.run.publisher.status("running", epoch=first_epoch, epochs=t.epochs)
     started = time.perf_counter()
     model.fit(
-        **plan.fit_args,
+        **plan.fit_args(first_epoch),
         epochs=t.epochs,
         initial_epoch=first_epoch,
         callbacks=callbacks,
@@ -158,8 +179,8 @@ def fit(
 def evaluate(model, ds: data.Dataset) -> tuple[np.ndarray, float]:
     """float32 probabilities for the whole test split, and the seconds it took."""
     started = time.perf_counter()
-    x_test, _ = prepare(ds.x_test, ds.y_test)
-    probs = np.asarray(model.predict(x_test, batch_size=2000, verbose=0), dtype=np.float32)
+    test = pipeline.eval_dataset(ds.x_test, ds.y_test)  # as validation: not numpy (plan.py)
+    probs = np.asarray(model.predict(test, verbose=0), dtype=np.float32)
     return probs, time.perf_counter() - started
 
 

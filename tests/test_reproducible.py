@@ -1,0 +1,143 @@
+"""Bit-identical runs: the same inputs give the same weights (`weights_sha256` in metrics.json),
+and a run stopped and resumed ends where the uninterrupted run ends, whether it was killed after
+an epoch's checkpoint or preempted in the middle of an epoch (job.training.pipeline's keyed
+random streams, job.training.checkpoint's saved ones, TensorFlow's op determinism)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+
+from job.errors import EXIT_PREEMPTED
+from tests.support.jobs import job_env, run_job, start_job, train_in_process
+
+# Small, but with the pieces that carry randomness: augmentation, dropout, the weight average
+# (8 steps an epoch keep it on), a warm-up cosine schedule.
+SMALL = {"TRAIN_LIMIT": "2048", "TEST_LIMIT": "500", "BATCH_SIZE": "256", "EPOCHS": "2"}
+
+
+@pytest.mark.parametrize(
+    ("recipe", "precision"),
+    [("fast", "bfloat16"), ("fast", "float32"), ("seed", "float32")],
+)
+def test_two_runs_with_the_same_inputs_are_bit_identical(recipe, precision, tmp_path, mnist_dir):
+    settings = {**SMALL, "RECIPE": recipe, "PRECISION": precision, "SEED": "5"}
+    first, _ = train_in_process(tmp_path / "a", mnist_dir, RUN_ID="a", **settings)
+    second, _ = train_in_process(tmp_path / "b", mnist_dir, RUN_ID="b", **settings)
+    assert first["weights_sha256"] == second["weights_sha256"]
+    assert first["history"][-1]["loss"] == second["history"][-1]["loss"]
+    assert first["conditions"] == second["conditions"]
+    assert first["conditions"]["precision"] == precision
+    other, _ = train_in_process(tmp_path / "c", mnist_dir, RUN_ID="c", **{**settings, "SEED": "6"})
+    assert other["weights_sha256"] != first["weights_sha256"], "the digest sees the weights"
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_the_pipeline_resumed_at_an_epoch_gives_that_epochs_batches(augment, mnist_dir):
+    import numpy as np
+
+    from job.training import data
+    from job.training.pipeline import training_dataset
+
+    ds = data.load("mnist", str(mnist_dir)).limited(600, 10)
+
+    def batches(first_epoch: int) -> list:
+        return [(x.numpy(), y.numpy()) for x, y in training_dataset(
+            ds.x_train, ds.y_train, 100, augment_images=augment, seed=4, epochs=3,
+            first_epoch=first_epoch,
+        )]  # fmt: skip
+
+    whole, resumed = batches(0), batches(2)
+    assert (len(whole), len(resumed)) == (18, 6)
+    for (x, y), (rx, ry) in zip(whole[12:], resumed, strict=True):
+        np.testing.assert_array_equal(x, rx)
+        np.testing.assert_array_equal(y, ry)
+    assert not np.array_equal(whole[0][1], whole[6][1]), "each epoch has its own order"
+
+
+def published(out, run_id: str) -> dict:
+    return json.loads((out / run_id / "metrics.json").read_text())
+
+
+def stop_after_first_checkpoint(proc, pointer, how: signal.Signals) -> None:
+    """Signal the job as soon as epoch 1's checkpoint exists: it is then inside epoch 2."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and not pointer.exists():
+        time.sleep(0.01)
+    proc.send_signal(how)
+    proc.communicate(timeout=120)
+
+
+@pytest.mark.slow
+def test_sigkill_and_sigterm_mid_epoch_then_resume_are_bit_identical(tmp_path, mnist_dir):
+    out = tmp_path / "out"
+    # 32 steps an epoch: a signal sent as epoch 2 begins lands well inside it.
+    settings = {**SMALL, "TRAIN_LIMIT": "8192", "EPOCHS": "3", "RECIPE": "fast", "SEED": "7"}
+    env = job_env(OUTPUT_URI=str(out), DATA_URI=str(mnist_dir), **settings)
+
+    whole = run_job("train", env={**env, "RUN_ID": "whole"}, cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    expected = published(out, "whole")
+
+    for run_id, how, code in (
+        ("killed", signal.SIGKILL, -signal.SIGKILL),
+        ("preempted", signal.SIGTERM, EXIT_PREEMPTED),
+    ):
+        run_env = {**env, "RUN_ID": run_id}
+        proc = start_job("train", env=run_env, cwd=tmp_path)
+        stop_after_first_checkpoint(proc, out / run_id / "checkpoints" / "latest.json", how)
+        assert proc.returncode == code, run_id
+        saved = json.loads((out / run_id / "checkpoints" / "latest.json").read_text())
+        assert saved["epoch"] == 1, f"{run_id}: stopped inside epoch 2, which is redone"
+        rerun = run_job("train", env=run_env, cwd=tmp_path)
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        resumed = published(out, run_id)
+        assert resumed["resumed_from_epoch"] == 1
+        assert resumed["weights_sha256"] == expected["weights_sha256"], run_id
+        assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in expected["history"]]
+        assert resumed["test_accuracy"] == expected["test_accuracy"]
+
+
+@pytest.mark.slow
+def test_verify_says_identical_and_different_when_a_setting_was_changed_by_hand(
+    tmp_path, mnist_dir
+):
+    out = tmp_path / "out"
+    env = job_env(OUTPUT_URI=str(out), DATA_URI=str(mnist_dir), RUN_ID="v1", RECIPE="fast",
+                  SEED="3", **SMALL)  # fmt: skip
+    assert run_job("train", env=env, cwd=tmp_path).returncode == 0
+    recorded = published(out, "v1")
+
+    checked = run_job("verify", "v1", env=env, cwd=tmp_path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.startswith(f"identical: the model's weights are the ones recorded "
+                                     f"({recorded['weights_sha256']})")  # fmt: skip
+    again = run_job("verify", "v1", "--retrain", env=env, cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr[-2000:]
+    assert again.stdout.startswith("identical: retrained to the same weights")
+    assert sorted(p.name for p in out.iterdir()) == ["v1"], "the retrain stays out of OUTPUT_URI"
+
+    # A recorded setting changed by hand: the retrain follows it and lands elsewhere.
+    edited = {**recorded, "inputs": {**recorded["inputs"], "LEARNING_RATE": 0.002}}
+    (out / "v1" / "metrics.json").write_text(json.dumps(edited))
+    differs = run_job("verify", "v1", "--retrain", env=env, cwd=tmp_path)
+    assert differs.returncode == 1, differs.stdout + differs.stderr[-2000:]
+    assert "different: retrained to" in differs.stdout
+    assert (
+        "weight tensors differ" in differs.stdout and "first differs at epoch 1" in differs.stdout
+    )
+
+    # A digest that is not the model's: different, without retraining.
+    (out / "v1" / "metrics.json").write_text(json.dumps({**recorded, "weights_sha256": "0" * 64}))
+    tampered = run_job("verify", "v1", env=env, cwd=tmp_path)
+    assert tampered.returncode == 1 and "the model file gives" in tampered.stdout
+
+    # Another TensorFlow than the run's: nothing retrained, and the answer names it (6).
+    other = {**recorded, "conditions": {**recorded["conditions"], "tensorflow": "2.14.1"}}
+    (out / "v1" / "metrics.json").write_text(json.dumps(other))
+    elsewhere = run_job("verify", "v1", "--retrain", env=env, cwd=tmp_path)
+    assert elsewhere.returncode == 6, elsewhere.stdout + elsewhere.stderr[-2000:]
+    assert "tensorflow: '2.14.1' -> " in elsewhere.stdout
