@@ -45,6 +45,14 @@ help:
 	@echo "make docs    - regenerate docs/configuration.md's variable table from job/config/settings.py"
 	@echo "make lint / format / clean"
 
+# A side environment from one lock: $(call lock_venv,PYTHON,DIR,LOCK) (its stamp: DIR/.installed).
+define lock_venv
+	$(1) -m venv $(2)
+	$(2)/bin/python -m pip install --quiet --upgrade "pip>=24" 2>&1 | $(QUIET_PIP)
+	$(2)/bin/python -m pip install --quiet -r $(3) 2>&1 | $(QUIET_PIP)
+	touch $(2)/.installed
+endef
+
 $(STAMP): requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24" 2>&1 | $(QUIET_PIP)
@@ -55,38 +63,26 @@ $(STAMP): requirements-dev.lock pyproject.toml
 venv: $(STAMP)
 
 $(WML_STAMP): requirements-wml-deprecated.lock pyproject.toml
-	$(PYTHON) -m venv $(WML_VENV)
-	$(WML_VENV)/bin/python -m pip install --quiet --upgrade "pip>=24" 2>&1 | $(QUIET_PIP)
-	$(WML_VENV)/bin/python -m pip install --quiet -r requirements-wml-deprecated.lock 2>&1 | $(QUIET_PIP)
-	touch $(WML_STAMP)
+	$(call lock_venv,$(PYTHON),$(WML_VENV),requirements-wml-deprecated.lock)
 
 venv-wml-deprecated: $(WML_STAMP)
 
 # WML's TensorFlow runtime (tensorflow_rt24.1-py3.11: TensorFlow 2.14.1, Keras 2), in which
 # tests/test_runtimes.py runs the model-definition zip's own command.
 $(TF214_STAMP): requirements-tf214.lock
-	$(PYTHON) -m venv $(TF214_VENV)
-	$(TF214_VENV)/bin/python -m pip install --quiet --upgrade "pip>=24" 2>&1 | $(QUIET_PIP)
-	$(TF214_VENV)/bin/python -m pip install --quiet -r requirements-tf214.lock 2>&1 | $(QUIET_PIP)
-	touch $(TF214_STAMP)
+	$(call lock_venv,$(PYTHON),$(TF214_VENV),requirements-tf214.lock)
 
 venv-tf214: $(TF214_STAMP)
 
 # WML's Runtime 25.1 (runtime-25.1-py3.12: TensorFlow 2.18.1, Keras 3, Python 3.12), in which
 # tests/test_runtimes.py runs the model-definition zip's command too.
 $(TF218_STAMP): requirements-tf218.lock
-	$(PYTHON312) -m venv $(TF218_VENV)
-	$(TF218_VENV)/bin/python -m pip install --quiet --upgrade "pip>=24" 2>&1 | $(QUIET_PIP)
-	$(TF218_VENV)/bin/python -m pip install --quiet -r requirements-tf218.lock 2>&1 | $(QUIET_PIP)
-	touch $(TF218_STAMP)
+	$(call lock_venv,$(PYTHON312),$(TF218_VENV),requirements-tf218.lock)
 
 venv-tf218: $(TF218_STAMP)
 
 $(SCAN_STAMP): requirements-scan.lock
-	$(PYTHON) -m venv $(SCAN_VENV)
-	$(SCAN_VENV)/bin/python -m pip install --quiet --upgrade "pip>=24" 2>&1 | $(QUIET_PIP)
-	$(SCAN_VENV)/bin/python -m pip install --quiet -r requirements-scan.lock 2>&1 | $(QUIET_PIP)
-	touch $(SCAN_STAMP)
+	$(call lock_venv,$(PYTHON),$(SCAN_VENV),requirements-scan.lock)
 
 data: $(STAMP)
 	$(PY) -m job data

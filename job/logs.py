@@ -7,6 +7,7 @@ out of the logs (see `import_tensorflow_quietly`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -46,7 +47,7 @@ MIN_SECRET_LENGTH = 8
 def scrub(text: str, secrets: list[str]) -> str:
     """`text` with every secret value replaced by ***; longest first, so a secret that
     contains another is replaced whole."""
-    for secret in sorted(set(secrets) | _quoted_forms(secrets), key=len, reverse=True):
+    for secret in sorted(set(secrets) | _quoted_forms(tuple(secrets)), key=len, reverse=True):
         if len(secret) >= MIN_SECRET_LENGTH:
             text = text.replace(secret, REDACTED)
         elif secret:
@@ -54,7 +55,8 @@ def scrub(text: str, secrets: list[str]) -> str:
     return text
 
 
-def _quoted_forms(secrets: list[str]) -> set[str]:
+@functools.lru_cache(maxsize=16)  # scrub runs on every log event, with the same few secrets
+def _quoted_forms(secrets: tuple[str, ...]) -> frozenset[str]:
     """How a secret looks once a server or library has quoted it: escaped inside JSON (ASCII
     or not) and percent-encoded in a URL or form, where those differ from it."""
     forms = set()
@@ -66,7 +68,7 @@ def _quoted_forms(secrets: list[str]) -> set[str]:
                 urllib.parse.quote(secret, safe=""),
                 urllib.parse.quote_plus(secret),
             }
-    return forms - set(secrets)
+    return frozenset(forms - set(secrets))
 
 
 def printable(value: object, width: int) -> str:

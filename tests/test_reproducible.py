@@ -135,9 +135,44 @@ def test_verify_says_identical_and_different_when_a_setting_was_changed_by_hand(
     tampered = run_job("verify", "v1", env=env, cwd=tmp_path)
     assert tampered.returncode == 1 and "the model file gives" in tampered.stdout
 
+    # A recorded setting no parser takes: the run's record is bad data (65), nothing trained.
+    bad = {**recorded, "inputs": {**recorded["inputs"], "EPOCHS": "--help; rm -rf /"}}
+    (out / "v1" / "metrics.json").write_text(json.dumps(bad))
+    refused = run_job("verify", "v1", "--retrain", env=env, cwd=tmp_path)
+    assert refused.returncode == 65, refused.stdout + refused.stderr[-2000:]
+    assert "the recorded EPOCHS is not a value the job takes" in refused.stderr
+
     # Another TensorFlow than the run's: nothing retrained, and the answer names it (6).
     other = {**recorded, "conditions": {**recorded["conditions"], "tensorflow": "2.14.1"}}
     (out / "v1" / "metrics.json").write_text(json.dumps(other))
     elsewhere = run_job("verify", "v1", "--retrain", env=env, cwd=tmp_path)
     assert elsewhere.returncode == 6, elsewhere.stdout + elsewhere.stderr[-2000:]
     assert "tensorflow: '2.14.1' -> " in elsewhere.stdout
+
+
+def test_a_checkpoints_random_streams_are_checked_and_an_old_one_resumes_with_a_warning(
+    tmp_path,
+):
+    """What `latest.json` says of Dropout's streams is store content: only [seed, count] pairs in
+    the state's own integers are taken; a checkpoint from before they were kept (no
+    `random_streams`) resumes, with a warning that the run is no longer bit-identical."""
+    import keras
+    from structlog.testing import capture_logs
+
+    from job.errors import DataError
+    from job.training import compat
+    from job.training.callbacks import History
+    from job.training.checkpoint import Checkpointer
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dropout(0.5)])
+    (state,) = compat.random_states(model)
+    checkpointer = Checkpointer(None, None, tmp_path, History())
+    checkpointer.restore_random_states(model, [[7, 42]], "latest.json")
+    assert state.numpy().tolist() == [7, 42]
+    for hostile in ([[7, 2**70]], [[7]], [["7", 1]], [[7, 1], [8, 2]], {"a": 1}, [[True, 1]]):
+        with pytest.raises(DataError, match="random_streams is not 1"):
+            checkpointer.restore_random_states(model, hostile, "latest.json")
+    assert state.numpy().tolist() == [7, 42], "nothing assigned from a refused record"
+    with capture_logs() as events:
+        checkpointer.restore_random_states(model, None, "latest.json")
+    assert [e["event"] for e in events] == ["checkpoint_without_random_streams"]

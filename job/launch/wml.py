@@ -177,21 +177,35 @@ def client(wml: Wml):
         else:
             verify = given.pop("verify", None)
             api = module.APIClient(given, verify=verify)
-    try:
-        with reaching(wml):
-            api.set.default_space(wml.space_id)
-    except JobError:
-        raise
-    except Exception as exc:
+
+    def space_refused(exc: Exception) -> bool:
         if "does not exist" not in str(exc):
             # Setting the space keeps the HTTP status to itself (a token WML refuses fails
             # here first): asking for the space's details raises with it, for `reaching`.
             with reaching(wml):
                 api.spaces.get_details(wml.space_id)
-        raise ConfigError(
-            "WML_SPACE_ID", wml.space_id, "a deployment space these credentials can use"
-        ) from None
+        return True
+
+    with refusing(wml, "WML_SPACE_ID", wml.space_id, "a deployment space these credentials can "
+                  "use", when=space_refused):  # fmt: skip
+        api.set.default_space(wml.space_id)
     return api
+
+
+@contextlib.contextmanager
+def refusing(wml: Wml, variable: str, value: object, expected: str, *, when):
+    """`reaching`, where what it leaves unclassed is a refusal of one setting: signed in, WML
+    answering, and still no such thing. `when(exc)` says whether this error is that refusal
+    (else it goes on as it is); it may itself raise a better-classed error."""
+    try:
+        with reaching(wml):
+            yield
+    except JobError:
+        raise
+    except Exception as exc:
+        if not when(exc):
+            raise
+        raise ConfigError(variable, value, expected) from None
 
 
 # What the deprecated client leaves of a network failure: only its message.
@@ -268,15 +282,9 @@ def reaching(wml: Wml):
         if isinstance(exc, (KeyError, TypeError, AttributeError, ValueError)):
             raise TransientError(
                 f"{where} answered something unexpected ({type(exc).__name__}: "
-                f"{first_line(exc)}); retrying may help"
+                f"{logs.printable(' '.join(str(exc).split()), 300)}); retrying may help"
             ) from None
         raise
-
-
-def first_line(exc: BaseException) -> str:
-    """An exception's message in one bounded line (the clients' run to pages of JSON)."""
-    text = " ".join(str(exc).split())
-    return text[:300] + ("..." if len(text) > 300 else "")
 
 
 # A TensorFlow runtime's software specification under either of WML's namings: the training
@@ -409,17 +417,10 @@ def check_connection(api, wml: Wml) -> None:
     stored."""
     if not wml.connection_id:
         return
-    try:
-        with reaching(wml):
-            api.connections.get_details(wml.connection_id)
-    except JobError:
-        raise
-    except Exception as exc:
-        if status_of(exc) != 404:
-            raise
-        raise ConfigError(
-            "WML_CONNECTION_ID", wml.connection_id, f"a connection asset in space {wml.space_id}"
-        ) from None
+    with refusing(wml, "WML_CONNECTION_ID", wml.connection_id,
+                  f"a connection asset in space {wml.space_id}",
+                  when=lambda exc: status_of(exc) == 404):  # fmt: skip
+        api.connections.get_details(wml.connection_id)
 
 
 def start(cfg: Config, env: dict[str, str], zip_dir: Path) -> dict:

@@ -29,7 +29,6 @@ from job import logs
 from job.config import RUN_ID_RE
 from job.errors import ConfigError, DataError, JobError, PreconditionFailed, TransientError
 from job.runstore import hold, objects
-from job.runstore.digest import sha256_bytes
 from job.runstore.layout import (
     METRICS,
     MODEL_FILE,
@@ -95,26 +94,22 @@ def candidate(store: Store, run_id: str) -> Candidate:
 
 def _checked_candidate(store: Store, run_id: str) -> Candidate:
     files = RunReader(store, run_id)
-    entries = {e["path"]: e for e in files.manifest()}  # each entry checked there
-    for name in (METRICS, MODEL_FILE):
-        if name not in entries:
+    entries = files.manifest()  # each entry checked there
+    listed = {e["path"]: e for e in entries}
+    for name in (METRICS, MODEL_FILE):  # both listed before either is read
+        if name not in listed:
             raise DataError(f"{files.where(SUCCESS)}: does not list {name}")
-    raw = store.get_bytes(files.key(METRICS), limit=objects.METRICS.max_bytes)
-    if raw is None or sha256_bytes(raw) != entries[METRICS]["sha256"]:
-        raise DataError(f"{files.where(METRICS)}: missing or not the file {SUCCESS} lists")
-    metrics = objects.decode(raw, objects.METRICS, files.where(METRICS))
+    metrics = objects.decode(files.listed_bytes(entries, METRICS), objects.METRICS,
+                             files.where(METRICS))  # fmt: skip
     accuracy, loss = metrics.get("test_accuracy"), metrics.get("test_loss")
     if not (_number(accuracy) and 0 <= accuracy <= 1 and _number(loss)):
         raise DataError(f"{files.where(METRICS)}: no test_accuracy in [0, 1] and test_loss")
     # The model itself, as listed: a champion whose file is missing or altered serves nothing.
-    limit = objects.artifact_limit(entries[MODEL_FILE]["size"])
-    model = store.get_bytes(files.key(MODEL_FILE), limit=limit)
-    if model is None or sha256_bytes(model) != entries[MODEL_FILE]["sha256"]:
-        raise DataError(f"{files.where(MODEL_FILE)}: missing or not the file {SUCCESS} lists")
+    files.listed_bytes(entries, MODEL_FILE)
     return Candidate(
         run_id=run_id,
         model=files.key(MODEL_FILE),
-        model_sha256=entries[MODEL_FILE]["sha256"],
+        model_sha256=listed[MODEL_FILE]["sha256"],
         test_accuracy=float(accuracy),
         test_loss=float(loss),
         dataset=_text(metrics.get("dataset")) or "unknown",

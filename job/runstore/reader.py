@@ -76,6 +76,17 @@ class RunReader(RunFiles):
             safe_key(entry.get("path"), where)
         return files
 
+    def listed_bytes(self, entries: list[dict], name: str) -> bytes:
+        """`name` as `_SUCCESS` lists it (`entries`, from `manifest`): read, bounded by its
+        listed size, and checked against its SHA-256."""
+        entry = next((e for e in entries if e["path"] == name), None)
+        if entry is None:
+            raise DataError(f"{self.where(SUCCESS)}: does not list {name}")
+        raw = self.store.get_bytes(self.key(name), limit=objects.artifact_limit(entry["size"]))
+        if raw is None or sha256_bytes(raw) != entry["sha256"]:
+            raise DataError(f"{self.where(name)}: missing or not the file {SUCCESS} lists")
+        return raw
+
     def download(self, dest: Path) -> dict[str, bytes]:
         """metrics.json and the images into `dest`, each checked against its `_SUCCESS` hash
         before it is moved in: nothing lands outside `dest` (written as a local store, so never

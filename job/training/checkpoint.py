@@ -110,9 +110,16 @@ class Checkpointer(keras.callbacks.Callback):
                                  "uninterrupted one")  # fmt: skip
             return
         pairs = saved if isinstance(saved, list) else []
-        if len(pairs) != len(states) or not all(
-            isinstance(p, list) and len(p) == 2 and all(type(i) is int for i in p) for p in pairs
-        ):
+
+        def fits(pair: object, variable) -> bool:  # [seed, count] in the state's own integers
+            bounds = np.iinfo(np.dtype(variable.dtype))
+            return (
+                isinstance(pair, list)
+                and len(pair) == 2
+                and all(type(i) is int and bounds.min <= i <= bounds.max for i in pair)
+            )
+
+        if len(pairs) != len(states) or not all(map(fits, pairs, states)):
             raise DataError(
                 f"{where}: random_streams is not {len(states)} [seed, count] pairs; "
                 "RESUME=discard starts the run over"

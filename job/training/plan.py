@@ -36,6 +36,7 @@ class TrainingPlan:
     steps_per_execution: int
     samples_per_epoch: int  # what one epoch trains on (the fast recipe drops the remainder)
     ema_momentum: float  # 0: no moving average of the weights
+    test: object  # the test split, batched (pipeline.eval_dataset): validation and final score
     inputs: Callable[[int], dict]  # fit's data arguments for the epochs from the one given on
 
     def fit_args(self, first_epoch: int) -> dict:
@@ -55,7 +56,7 @@ class TrainingPlan:
 def training_plan(
     training: Training, ds: Dataset, replicas: int = 1, *, multi_worker: bool = False
 ) -> TrainingPlan:
-    """What `fit` is given: numpy arrays as in the notebook, or the tf.data pipeline."""
+    """What `fit` is given, and the test split as a dataset (validation and the final score)."""
     n = len(ds.y_train)
     batch = min(training.batch_size * replicas, n)  # a smoke run smaller than a batch still trains
     whole_batches = training.pipeline == "tfdata"
@@ -66,7 +67,7 @@ def training_plan(
         steps, samples = -(-n // batch), n
     # Never numpy arrays into Keras: its array adapter's parallel map is rewritten under op
     # determinism with an attribute TensorFlow 2.21's runtime reports as an error line.
-    validation = pipeline.eval_dataset(ds.x_test, ds.y_test)
+    test = pipeline.eval_dataset(ds.x_test, ds.y_test)
 
     def inputs(first_epoch: int) -> dict:
         train = pipeline.training_dataset(
@@ -75,7 +76,7 @@ def training_plan(
             drop_remainder=whole_batches,
         )  # fmt: skip
         # shuffle=False: the pipeline orders the batches; Keras would only warn it cannot.
-        return {"x": train, "validation_data": validation, "shuffle": False}
+        return {"x": train, "validation_data": test, "shuffle": False}
 
     # More than one step per execution breaks Keras under a multi-worker strategy
     # (job.training.compat).
@@ -83,7 +84,7 @@ def training_plan(
     spe = steps_per_execution(steps, limit)
     rate = training.learning_rate * replicas
     ema = average_momentum(training.ema_momentum, steps)
-    return TrainingPlan(replicas, batch, rate, steps, spe, samples, ema, inputs)
+    return TrainingPlan(replicas, batch, rate, steps, spe, samples, ema, test, inputs)
 
 
 def average_momentum(momentum: float, steps_per_epoch: int) -> float:

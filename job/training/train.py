@@ -25,7 +25,6 @@ from job.training import (
     distribute,
     fingerprint,
     metrics,
-    pipeline,
     precision,
 )
 from job.training.callbacks import EpochReporter, EvaluateAverage, StopAtAccuracy, StopOnRequest
@@ -76,7 +75,7 @@ def run(
         ctx.guard.defer()
         with distribute.peer_errors(config.cluster):
             fit_seconds, stopper = fit(ctx, model, plan, first_epoch)
-            probs, eval_seconds = evaluate(model, ds)
+            probs, eval_seconds = evaluate(model, plan)
         outcome = metrics.Outcome(
             history=ctx.history.entries,
             fit_seconds=fit_seconds,
@@ -176,11 +175,11 @@ def fit(
     return time.perf_counter() - started, stopper
 
 
-def evaluate(model, ds: data.Dataset) -> tuple[np.ndarray, float]:
-    """float32 probabilities for the whole test split, and the seconds it took."""
+def evaluate(model, plan: TrainingPlan) -> tuple[np.ndarray, float]:
+    """float32 probabilities for the whole test split, and the seconds it took (the plan's
+    test dataset, as validation saw it: never numpy into Keras, job.training.plan)."""
     started = time.perf_counter()
-    test = pipeline.eval_dataset(ds.x_test, ds.y_test)  # as validation: not numpy (plan.py)
-    probs = np.asarray(model.predict(test, verbose=0), dtype=np.float32)
+    probs = np.asarray(model.predict(plan.test, verbose=0), dtype=np.float32)
     return probs, time.perf_counter() - started
 
 

@@ -20,10 +20,9 @@ import keras
 import numpy as np
 
 from job.config import HYPERPARAMETERS, Config, from_env
-from job.errors import DataError
-from job.runstore import objects
-from job.runstore.digest import sha256_bytes
-from job.runstore.layout import METRICS, MODEL_FILE, RUN_RECORD, SUCCESS, RunFiles
+from job.errors import ConfigError, DataError
+from job.runstore.layout import METRICS, MODEL_FILE, RUN_RECORD
+from job.runstore.reader import RunReader
 from job.runstore.store import open_store
 from job.training import fingerprint, train
 
@@ -39,16 +38,9 @@ class Verdict:
 
 def recorded(cfg: Config, run_id: str) -> tuple[dict, list[np.ndarray], dict]:
     """A finished run's metrics, its model's weights and its start record."""
-    run = RunFiles(open_store(cfg.output_uri, cfg.storage), run_id)
-    manifest = run.read_json(SUCCESS)
-    if manifest is None:
-        raise DataError(f"{run.location}: not a finished run (no {SUCCESS})")
+    run = RunReader(open_store(cfg.output_uri, cfg.storage), run_id)
+    raw = run.listed_bytes(run.manifest(), MODEL_FILE)
     metrics = run.read_json(METRICS) or {}
-    listed = {f["path"]: f for f in manifest["files"]}
-    entry = listed.get(MODEL_FILE)
-    raw = run.store.get_bytes(run.key(MODEL_FILE), limit=objects.MAX_ARTIFACT) if entry else None
-    if raw is None or sha256_bytes(raw) != entry["sha256"]:
-        raise DataError(f"{run.where(MODEL_FILE)}: missing or not the file {SUCCESS} lists")
     with tempfile.TemporaryDirectory(prefix="mnist-job-verify-", dir=cfg.work_dir) as scratch:
         path = Path(scratch) / Path(MODEL_FILE).name
         path.write_bytes(raw)
@@ -111,7 +103,9 @@ def retrain_environment(cfg: Config, metrics: dict, record: dict, scratch: str) 
     return {k: v for k, v in env.items() if v}
 
 
-def retrain(cfg: Config, metrics: dict, weights: list[np.ndarray], record: dict) -> Verdict:
+def retrain(
+    cfg: Config, run_id: str, metrics: dict, weights: list[np.ndarray], record: dict
+) -> Verdict:
     inputs = metrics.get("inputs")
     conditions = metrics.get("conditions")
     if not isinstance(inputs, dict) or not isinstance(conditions, dict):
@@ -130,7 +124,14 @@ def retrain(cfg: Config, metrics: dict, weights: list[np.ndarray], record: dict)
     if changed:
         return Verdict(INCOMPARABLE, "not retrained, this machine differs: " + "; ".join(changed))
     with tempfile.TemporaryDirectory(prefix="mnist-job-verify-", dir=cfg.work_dir) as scratch:
-        again = train.run(from_env(retrain_environment(cfg, metrics, record, scratch)))
+        try:  # what the run recorded goes through every setting's own parser
+            settings = from_env(retrain_environment(cfg, metrics, record, scratch))
+        except ConfigError as exc:
+            raise DataError(
+                f"{cfg.output_uri}/{run_id}: the recorded {exc.variable} is not a value the "
+                f"job takes ({exc.expected})"
+            ) from None
+        again = train.run(settings)
         model_path = Path(scratch, "verify-retrain", *MODEL_FILE.split("/"))
         retrained = [np.asarray(w) for w in keras.models.load_model(model_path).get_weights()]
     if again.get("inputs", {}).get("DATA_SHA256") != inputs.get("DATA_SHA256"):
@@ -153,4 +154,4 @@ def verify(cfg: Config, run_id: str, *, retrain_it: bool) -> Verdict:
     verdict = check_digest(metrics, weights)
     if verdict.outcome != IDENTICAL or not retrain_it:
         return verdict
-    return retrain(cfg, metrics, weights, record)
+    return retrain(cfg, run_id, metrics, weights, record)
