@@ -46,9 +46,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.set_defaults(func=cmd_train, with_config=True)  # no command: train
     sub = parser.add_subparsers(dest="command")
 
-    def command(name: str, func, *, with_config: bool = True, **kwargs) -> argparse.ArgumentParser:
+    def command(
+        name: str, func, *, with_config: bool = True, json_out: bool = False, **kwargs
+    ) -> argparse.ArgumentParser:
         sub_parser = sub.add_parser(name, **kwargs)
         sub_parser.set_defaults(func=func, with_config=with_config)
+        if json_out:
+            sub_parser.add_argument(
+                "--json", action="store_true",
+                help="print JSON lines (one object per line) instead of text",
+            )  # fmt: skip
         return sub_parser
 
     command("train", cmd_train, help="train, evaluate and publish one run (the default)")
@@ -144,6 +151,13 @@ def _watch_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dest", type=Path, help="where to download metrics and images (./watched/<run id>)"
     )
+
+
+def wants_json(args: argparse.Namespace, *, when_piped: bool = False) -> bool:
+    """Whether a command prints JSON lines: `--json`, or stdout not a terminal for the commands
+    whose documented piped output is JSON (`models`, `check`). stdout never mixes the two: a
+    command that prints JSON prints only JSON."""
+    return bool(getattr(args, "json", False)) or (when_piped and not sys.stdout.isatty())
 
 
 # --- commands that need no configuration ---
