@@ -178,3 +178,9 @@ bench-runs: $(STAMP)
 # The job's own cost around training: first log line, first epoch, exit after publication.
 bench-startup: data
 	$(PY) bench/startup.py
+
+# `predict` on pictures in four styles (scans, page corners, photos, boards), before and after
+# MNIST's preprocessing; trains a 3-epoch model first unless PREDICT_MODEL names one.
+.PHONY: bench-predict
+bench-predict: data
+	$(PY) bench/predict_styles.py $(if $(PREDICT_MODEL),--model $(PREDICT_MODEL))

@@ -3,8 +3,9 @@
 Each check returns one `Result` (name, passed, one line of detail, and the exit class of its
 failure: 78 configuration, 65 data, 75 transient). They are run in order and all reported; the
 command exits with the class of the first failure. TensorFlow is imported only for `--devices`.
-`train` runs `before_training` (the store and WORK_DIR, about a second) before it loads
-TensorFlow, and `submit` runs `for_submitter` before it launches anything.
+`train` runs `before_training` (the data's place, the store and WORK_DIR, about a second) before
+it loads TensorFlow or writes anything, and `submit` runs `for_submitter` before it launches
+anything.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from job import logs
-from job.config import Config
+from job.config import Config, Misspelled, near_misses
 from job.errors import ConfigError, JobError, TransientError, classify
 from job.launch import wml
 from job.runstore import layout
@@ -59,6 +60,15 @@ def run(name: str, check: Callable[[], str]) -> Result:
 
 def _since(started: float) -> float:
     return round(time.perf_counter() - started, 3)
+
+
+def configuration(cfg: Config) -> str:
+    """The configuration loaded (its values were checked then); a name one typo from a
+    variable (`EPOCH=3` for EPOCHS) fails it too: the setting meant is silently not in force."""
+    misses = near_misses()
+    if misses:
+        raise Misspelled(misses)
+    return f"valid; run id {cfg.run_id}"
 
 
 def output_store(cfg: Config, store=None) -> str:
@@ -182,8 +192,24 @@ def devices(cfg: Config) -> str:
     return f"TensorFlow {tf.__version__}: {cpus} CPU(s), GPUs: {shown}; auto precision: {chosen}"
 
 
+def data_in_place(cfg: Config) -> str:
+    """Where `train` will read its data holds data of the right kind: the files the loader
+    would read, opened as it opens them and their headers checked, without reading them whole
+    (job.training.data.in_place). A bucket's DATA_URI is checked as it is copied."""
+    from job.training import data  # deferred: numpy, only when the data is checked
+
+    where = data.locate(cfg.training.dataset, cfg.data_uri)
+    if where is None or not isinstance(where, Path):
+        return "read at the start of training"
+    return data.in_place(where)
+
+
 def before_training(cfg: Config, store) -> list[Result]:
-    """The cheap checks `train` runs before it loads TensorFlow, on the store it opened."""
+    """The cheap checks `train` runs before it loads TensorFlow, on the store it opened, and
+    before it writes anything. The data's place comes first and its error is raised as it is
+    (65, the data's own line, as the loader words it, not a `check ... failed`), so a mistyped
+    DATA_URI leaves no run folder behind (and costs no TensorFlow start)."""
+    data_in_place(cfg)
     return [
         run("output", lambda: output_store(cfg, store)),
         run("work_dir", lambda: work_dir(cfg)),

@@ -26,6 +26,13 @@ EXIT_TRANSIENT = 75  # EX_TEMPFAIL: storage/network trouble; retrying may help
 EXIT_CONFIG = 78  # EX_CONFIG: bad configuration; retrying will not help
 EXIT_PREEMPTED = 128 + signal.SIGTERM  # 143, after the checkpoint is safe
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141: stdout's reader went away (`runs | head`)
+# Each exit code's class by name (`data`, `transient`, ...), as notifications and `show` say it.
+EXIT_CLASSES = {
+    code: name.removeprefix("EXIT_").lower()
+    for name, code in dict(globals()).items()
+    if name.startswith("EXIT_") and isinstance(code, int)
+}
 
 # `watch`: how the run it followed ended (0 is success, as for every command).
 WATCH_EXIT = {"succeeded": EXIT_OK, "failed": 1, "stalled": 3, "cancelled": 4, "not_found": 5}

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 from job import errors, logs
 from job.config import Config
-from job.errors import Preempted, classify
+from job.errors import EXIT_CLASSES, Preempted, classify
 from job.runstore import layout
 from job.runstore.layout import SUCCESS
 from job.runstore.reader import RunReader
@@ -49,12 +49,6 @@ BUDGET_SECONDS = 5.0  # the most a notification adds to the end of an attempt, a
 ATTEMPTS = 3
 BACKOFF_SECONDS = 0.25  # before the second try; doubled before each next one
 NAME = "mnist-job"
-# The exit classes by code, named after their constants in job.errors: 75 is `transient`.
-EXIT_CLASSES = {
-    code: name.removeprefix("EXIT_").lower()
-    for name, code in vars(errors).items()
-    if name.startswith("EXIT_") and isinstance(code, int)
-}
 # Worth another try: the server's trouble of the moment, not a refusal of this request.
 RETRIED_STATUSES = {408, 425, 429}
 
@@ -206,7 +200,7 @@ def decision(store: Store, cfg: Config) -> dict | None:
     return {
         "promoted": promoted if isinstance(promoted, bool) else None,
         "reason": logs.printable(recorded.get("reason", ""), 300),
-        "champion": logs.printable(recorded.get("champion", ""), 100),
+        "champion": logs.printable(recorded.get("champion") or "", 100),  # null: none yet
     }
 
 

@@ -12,11 +12,14 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import pickle
 import re
 import resource
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -97,7 +100,7 @@ def test_a_fifo_among_the_data_is_a_data_error_not_a_hang(command, layout, tmp_p
         assert f"{fifo}: {FIFO_MESSAGE}" in rows["data"]["detail"], rows
     else:
         assert f"error: {fifo}: {FIFO_MESSAGE}" in proc.stderr, proc.stderr[-2000:]
-        assert not (tmp_path / "out" / "fifo" / "_SUCCESS").exists()
+        assert not (tmp_path / "out").exists(), "found before any run folder is written"
 
 
 @pytest.mark.slow
@@ -290,3 +293,220 @@ def test_real_mnist_loads_whole_from_idx_gzip_and_npz(tmp_path, mnist_dir):
         assert all(np.array_equal(getattr(ds, k), arrays[k]) for k in data.IDX_FILES), source
         assert np.bincount(ds.y_train).tolist() == TRAIN_COUNTS
         assert np.bincount(ds.y_test).tolist() == TEST_COUNTS
+
+
+# --- DATA_URI checked before TensorFlow loads and before any run folder (issue 24, item 6) -----
+
+# `train` in a new process, exit 99 if it loaded TensorFlow before it stopped.
+TRAIN_WITHOUT_TENSORFLOW = (
+    "import sys; from job.cli import main; code = main(['train']); "
+    "sys.exit(99 if 'tensorflow' in sys.modules else code)"
+)
+
+
+def a_png(path: Path) -> Path:
+    from PIL import Image
+
+    Image.new("L", (28, 28), 255).save(path)
+    return path
+
+
+def an_empty_folder(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+def holding(entry: str, make) -> object:
+    """A folder `data` holding `entry` made by make(path): what DATA_URI then names."""
+
+    def folder(tmp: Path) -> Path:
+        (tmp / "data").mkdir()
+        make(tmp / "data" / entry)
+        return tmp / "data"
+
+    return folder
+
+
+def with_mode(path: Path, mode: int) -> Path:
+    path.chmod(mode)
+    return path
+
+
+def locked(tmp: Path) -> Path:
+    """A folder with an .npz in it that the job's user may not list (mode 000)."""
+    (tmp / "locked").mkdir()
+    np.savez(tmp / "locked" / "mnist.npz", x=np.zeros(1, np.uint8))
+    return with_mode(tmp / "locked", 0)
+
+
+def not_enterable(tmp: Path) -> Path:
+    """A folder the job's user may list but not enter (mode 444): its mnist.npz is seen, not
+    opened."""
+    (tmp / "nox").mkdir()
+    np.savez(tmp / "nox" / "mnist.npz", x=np.zeros(1, np.uint8))
+    return with_mode(tmp / "nox", 0o444)
+
+
+IMAGES, LABELS = data.IDX_FILES["x_train"], data.IDX_FILES["y_train"]
+# (id, DATA_URI made in a folder, its error line, run as a user other than root). The files are
+# of the right names but not what the loader can read: each was found only after TensorFlow had
+# loaded and a failed run folder was written (review findings [data] 1a and 2).
+EARLY_CASES = [
+    ("missing", lambda tmp: tmp / "mnits", "DATA_URI='{uri}': no such file or folder", False),
+    ("empty-folder", lambda tmp: an_empty_folder(tmp / "empty"),
+     "{uri}: no MNIST-format file (it is empty): looked for a folder of IDX files "
+     "(train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+     "t10k-labels-idx1-ubyte, each optionally .gz) or an .npz archive", False),
+    ("png", lambda tmp: a_png(tmp / "digit.png"),
+     "{uri}: not an .npz archive or IDX file: a PNG image; expected a folder of IDX files", False),
+    ("npz-link-to-device", holding("mnist.npz", lambda p: p.symlink_to("/dev/zero")),
+     "{uri}/mnist.npz: not a regular file (a character device)", False),
+    ("npz-dangling-link", holding("mnist.npz", lambda p: p.symlink_to(p.with_name("gone"))),
+     "{uri}/mnist.npz: unreadable (a link to a missing file)", False),
+    ("npz-fifo", holding("mnist.npz", os.mkfifo), "{uri}/mnist.npz: not a regular file (a FIFO)",
+     False),
+    ("npz-folder", holding("mnist.npz", Path.mkdir),
+     "{uri}/mnist.npz: not a regular file (a folder)", False),
+    ("npz-text", holding("mnist.npz", lambda p: p.write_text("x_train\n")),
+     "{uri}/mnist.npz: not an .npz archive or IDX file: a text file", False),
+    ("idx-empty", holding(IMAGES, Path.touch),
+     f"{{uri}}/{IMAGES}: not an IDX ubyte file (bad magic number '')", False),
+    ("idx-one-of-four", holding(IMAGES, lambda p: p.write_bytes(data.idx_bytes(
+        np.zeros((2, 28, 28), np.uint8)))),
+     f"{{uri}}: missing IDX file {LABELS} (or {LABELS}.gz)", False),
+    ("idx-dangling-link", holding(IMAGES, lambda p: p.symlink_to(p.with_name("gone"))),
+     f"{{uri}}/{IMAGES}: unreadable (a link to a missing file)", False),
+    ("idx-gz-truncated", holding(f"{IMAGES}.gz", lambda p: p.write_bytes(gzip.compress(
+        data.idx_bytes(np.zeros((2, 28, 28), np.uint8)))[:12])),
+     f"{{uri}}/{IMAGES}.gz: unreadable (EOFError: ", False),
+    ("unreadable-folder", locked, "{uri}: unreadable folder (Permission denied)", True),
+    ("not-enterable-folder", not_enterable, "{uri}/mnist.npz: unreadable (Permission denied)",
+     True),
+    ("file-in-not-enterable-folder", lambda tmp: not_enterable(tmp) / "mnist.npz",
+     "{uri}: unreadable (Permission denied)", True),
+]  # fmt: skip
+
+
+def as_another_user() -> tuple[list[str], object]:
+    """The command prefix and preexec_fn that run a child as uid/gid 65534 (nobody) with no
+    groups when this process is root: root reads any file whatever its mode, so a permission
+    test run as root would pass without testing anything. Not root: the child runs as this
+    user, whom the modes used here (000, 444) already refuse."""
+    if os.geteuid() != 0:
+        return [], None
+    if shutil.which("setpriv"):
+        return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"], None
+
+    def drop() -> None:
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)
+
+    return [], drop
+
+
+@pytest.fixture
+def shared_tmp(tmp_path):
+    """A folder another user may write in: pytest's own (under /tmp/pytest-of-root, mode 700)
+    cannot be entered by nobody."""
+    folder = Path(tempfile.mkdtemp(prefix="mnist-job-test-"))
+    if os.geteuid() == 0:
+        os.chown(folder, 65534, 65534)
+    yield folder
+    for sub in folder.iterdir():  # give back what the cases took away, for the removal
+        if sub.is_dir() and not sub.is_symlink():
+            sub.chmod(0o755)
+    folder.chmod(0o755)
+    shutil.rmtree(folder)
+
+
+@pytest.mark.parametrize(
+    ("case", "make", "text", "other_user"), EARLY_CASES, ids=[c[0] for c in EARLY_CASES]
+)
+def test_a_wrong_data_uri_fails_before_tensorflow_and_leaves_no_run_folder(
+    case, make, text, other_user, request
+):
+    base = request.getfixturevalue("shared_tmp" if other_user else "tmp_path")
+    prefix, preexec = as_another_user() if other_user else ([], None)
+    if other_user:  # the child really is refused what root would be allowed
+        whoami = [*prefix, sys.executable, "-c", "import os; print(os.geteuid())"]
+        uid = subprocess.run(whoami, capture_output=True, text=True, preexec_fn=preexec, check=True)
+        assert int(uid.stdout) != 0
+    uri = make(base)
+    out = base / "out"
+    env = job_env(DATA_URI=str(uri), OUTPUT_URI=str(out), RUN_ID="early", EPOCHS="1")
+    proc = subprocess.run(
+        [*prefix, sys.executable, "-c", TRAIN_WITHOUT_TENSORFLOW], env=env, cwd=base,
+        capture_output=True, text=True, timeout=HANG_GUARD, preexec_fn=preexec, check=False,
+    )  # fmt: skip
+    assert proc.returncode == EXIT_DATA, proc.stderr[-2000:]
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+    assert line.startswith("error: " + text.format(uri=uri)), line
+    assert "pickle" not in line
+    assert not out.exists(), "nothing is written to OUTPUT_URI: no run folder to list"
+
+
+def test_what_a_data_uri_is_instead_is_said(tmp_path, mnist_dir):
+    """The loader and the early check say the same (one home): what the file is, what was
+    expected; the first 64 bytes tell, nothing is read whole."""
+    (tmp_path / "photo.jpg").write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(500))
+    (tmp_path / "notes.txt").write_text("train-images-idx3-ubyte is in the other folder\n")
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps({"weights": [1, 2, 3]}, protocol=4))
+    np.save(tmp_path / "x_train.npy", np.zeros((2, 28, 28), np.uint8))
+    gz = tmp_path / f"{data.IDX_FILES['x_test']}.gz"
+    gz.write_bytes(gzip.compress((mnist_dir / data.IDX_FILES["x_test"]).read_bytes()[:2000]))
+    said = {
+        "photo.jpg": "a JPEG image",
+        "notes.txt": "a text file",
+        "model.pkl": "a Python pickle",
+        "x_train.npy": "a single .npy array (an .npz holds the four arrays)",
+    }
+    for name, kind in said.items():
+        for read in (data.in_place, lambda p: data.load("mnist", p)):
+            with pytest.raises(DataError) as err:
+                read(tmp_path / name)
+            assert str(err.value).startswith(
+                f"{tmp_path / name}: not an .npz archive or IDX file: {kind}; expected a folder"
+            ), str(err.value)
+            assert err.value.exit_code == EXIT_DATA
+    with pytest.raises(DataError, match="one IDX file is not a data set: DATA_URI names the fold"):
+        data.in_place(gz)
+
+
+def test_a_folder_without_mnist_files_is_named_with_what_it_holds(tmp_path, mnist_dir):
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    for i in range(3):
+        a_png(folder / f"{i}.png")
+    with pytest.raises(
+        DataError,
+        match=r"pictures: no MNIST-format file \(it holds 3 other "
+        r"entries\): looked for a folder of IDX files \(train-images-idx3-ubyte",
+    ):
+        data.load("mnist", folder)  # fmt: skip
+    # One file of the four: the early check names the first missing one, as the loader does.
+    (folder / data.IDX_FILES["y_test"]).write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x00")
+    for read in (data.in_place, lambda p: data.load("mnist", p)):
+        with pytest.raises(DataError, match="missing IDX file train-images-idx3-ubyte"):
+            read(folder)
+    assert data.in_place(mnist_dir) == f"{mnist_dir}: 4 IDX files"
+
+
+PERMISSION_CASES = [c for c in EARLY_CASES if c[3]]
+
+
+@pytest.mark.parametrize(
+    ("case", "make", "text", "other_user"), PERMISSION_CASES, ids=[c[0] for c in PERMISSION_CASES]
+)
+def test_check_names_data_its_user_may_not_read(case, make, text, other_user, shared_tmp):
+    """`check` reports the same line for its data row, exit 65 (was 70: PermissionError)."""
+    prefix, preexec = as_another_user()
+    uri = make(shared_tmp)
+    env = job_env(DATA_URI=str(uri), OUTPUT_URI=str(shared_tmp / "out"))
+    proc = subprocess.run(
+        [*prefix, sys.executable, "-m", "job", "check"], env=env, cwd=shared_tmp,
+        capture_output=True, text=True, timeout=HANG_GUARD, preexec_fn=preexec, check=False,
+    )  # fmt: skip
+    assert proc.returncode == EXIT_DATA, proc.stdout + proc.stderr[-2000:]
+    rows = {row["check"]: row for row in map(json.loads, proc.stdout.splitlines())}
+    assert rows["data"]["detail"].startswith(text.format(uri=uri)), rows["data"]

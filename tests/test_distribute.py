@@ -284,6 +284,15 @@ def test_two_workers_train_together_and_only_the_chief_publishes(tmp_path, mnist
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["two-workers"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("tmp")]
 
+    # The same inputs on two workers again (other ports, another run id): the same weights,
+    # bit for bit (the all-reduce of two replicas sums in a fixed order).
+    again = start_workers(tmp_path, mnist_dir, "two-workers-again", EPOCHS="2")
+    for w in again:
+        _, err = w.finish(timeout=600)
+        assert w.proc.returncode == 0, err[-2000:]
+    rerun = json.loads((tmp_path / "out" / "two-workers-again" / "metrics.json").read_text())
+    assert rerun["weights_sha256"] == metrics["weights_sha256"]
+
 
 @pytest.mark.slow
 def test_a_lost_peer_fails_fast_and_all_workers_resume(tmp_path, mnist_dir):

@@ -478,7 +478,8 @@ def test_a_heartbeat_from_the_future_does_not_hide_a_stall(out, tmp_path):
 def test_an_unknown_run_id_is_not_found(out, tmp_path):
     args = ["--interval", "0.2", "--stall-after", "1"]
     proc = cli("watch", "no-such-run", *args, env=env_for(out), cwd=tmp_path)
-    assert proc.returncode == 5 and "not found" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 5 and "not found" in proc.stderr, proc.stdout + proc.stderr
+    assert proc.stderr.startswith("error:") and proc.stdout == "", "said at once, on stderr"
 
 
 # --- 10, 11: resume only what matches ----------------------------------------------------------

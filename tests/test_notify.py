@@ -335,10 +335,12 @@ def test_a_trained_run_tells_its_success_once_and_its_rerun_tells_nothing(
     accuracy = f"{100 * metrics['test_accuracy']:.2f}%"
     assert body["text"] == (
         f"mnist-job run told-1: succeeded, test accuracy {accuracy} (baseline error "
-        f"{metrics['baseline_error_pct']:.2f}%), 1 epoch, promoted; {out / 'told-1'}"
+        f"{metrics['baseline_error_pct']:.2f}%), 1 epoch, not promoted; {out / 'told-1'}"
     )
     assert body["test_accuracy"] == metrics["test_accuracy"] and body["exit_code"] == 0
-    assert body["promotion"]["promoted"] is True and body["location"] == str(out / "told-1")
+    # 1,000 training digits: a smoke run, never a candidate; the message says why.
+    assert body["promotion"]["promoted"] is False and body["location"] == str(out / "told-1")
+    assert "a smoke run" in body["promotion"]["reason"] and body["promotion"]["champion"] == ""
     assert the_event(proc.stderr, "notified")["outcome"] == "succeeded"
     no_secret_in(hook.requests[0]["body"].decode(), proc.stdout, proc.stderr)
     rerun = run_job("train", env=env, cwd=tmp_path)

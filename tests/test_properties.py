@@ -134,7 +134,7 @@ def base(finished, tmp_path_factory, mnist_dir):
     store = LocalStore(root)
     for run_id in ("done", "victim"):
         champion.consider(store, "mnist", champion.candidate(store, run_id), policy="always",
-                          margin=0.0)  # fmt: skip
+                          margin=0.0, force=True)  # a tiny run: a smoke run, so forced  # fmt: skip
     (root / "victim" / "submission.json").write_text(
         json.dumps({"backend": "local", "handle": "999999"})
     )

@@ -5,9 +5,11 @@ random streams, job.training.checkpoint's saved ones, TensorFlow's op determinis
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -101,6 +103,18 @@ def test_sigkill_and_sigterm_mid_epoch_then_resume_are_bit_identical(tmp_path, m
         assert resumed["test_accuracy"] == expected["test_accuracy"]
 
 
+def rewrite(run: Path, metrics: dict) -> None:
+    """metrics.json replaced by hand, with its _SUCCESS entry made to match (as someone who
+    edits a published run on purpose would)."""
+    raw = (json.dumps(metrics) + "\n").encode()
+    (run / "metrics.json").write_bytes(raw)
+    manifest = json.loads((run / "_SUCCESS").read_text())
+    for entry in manifest["files"]:
+        if entry["path"] == "metrics.json":
+            entry.update(size=len(raw), sha256=hashlib.sha256(raw).hexdigest())
+    (run / "_SUCCESS").write_text(json.dumps(manifest))
+
+
 @pytest.mark.slow
 def test_verify_says_identical_and_different_when_a_setting_was_changed_by_hand(
     tmp_path, mnist_dir
@@ -120,9 +134,16 @@ def test_verify_says_identical_and_different_when_a_setting_was_changed_by_hand(
     assert again.stdout.startswith("identical: retrained to the same weights")
     assert sorted(p.name for p in out.iterdir()) == ["v1"], "the retrain stays out of OUTPUT_URI"
 
-    # A recorded setting changed by hand: the retrain follows it and lands elsewhere.
+    # metrics.json changed after publication, _SUCCESS not: not the run's record (65).
     edited = {**recorded, "inputs": {**recorded["inputs"], "LEARNING_RATE": 0.002}}
     (out / "v1" / "metrics.json").write_text(json.dumps(edited))
+    unlisted = run_job("verify", "v1", env=env, cwd=tmp_path)
+    assert unlisted.returncode == 65, unlisted.stdout + unlisted.stderr[-2000:]
+    assert "metrics.json: missing or not the file _SUCCESS lists" in unlisted.stderr
+
+    # A recorded setting changed by hand (with _SUCCESS to match): the retrain follows it and
+    # lands elsewhere.
+    rewrite(out / "v1", edited)
     differs = run_job("verify", "v1", "--retrain", env=env, cwd=tmp_path)
     assert differs.returncode == 1, differs.stdout + differs.stderr[-2000:]
     assert "different: retrained to" in differs.stdout
@@ -131,20 +152,20 @@ def test_verify_says_identical_and_different_when_a_setting_was_changed_by_hand(
     )
 
     # A digest that is not the model's: different, without retraining.
-    (out / "v1" / "metrics.json").write_text(json.dumps({**recorded, "weights_sha256": "0" * 64}))
+    rewrite(out / "v1", {**recorded, "weights_sha256": "0" * 64})
     tampered = run_job("verify", "v1", env=env, cwd=tmp_path)
     assert tampered.returncode == 1 and "the model file gives" in tampered.stdout
 
     # A recorded setting no parser takes: the run's record is bad data (65), nothing trained.
     bad = {**recorded, "inputs": {**recorded["inputs"], "EPOCHS": "--help; rm -rf /"}}
-    (out / "v1" / "metrics.json").write_text(json.dumps(bad))
+    rewrite(out / "v1", bad)
     refused = run_job("verify", "v1", "--retrain", env=env, cwd=tmp_path)
     assert refused.returncode == 65, refused.stdout + refused.stderr[-2000:]
     assert "the recorded EPOCHS is not a value the job takes" in refused.stderr
 
     # Another TensorFlow than the run's: nothing retrained, and the answer names it (6).
     other = {**recorded, "conditions": {**recorded["conditions"], "tensorflow": "2.14.1"}}
-    (out / "v1" / "metrics.json").write_text(json.dumps(other))
+    rewrite(out / "v1", other)
     elsewhere = run_job("verify", "v1", "--retrain", env=env, cwd=tmp_path)
     assert elsewhere.returncode == 6, elsewhere.stdout + elsewhere.stderr[-2000:]
     assert "tensorflow: '2.14.1' -> " in elsewhere.stdout

@@ -188,7 +188,7 @@ def test_runs_shows_a_hostile_status_as_unreadable_and_lists_the_others(out, tmp
 @pytest.mark.parametrize("where", ["champion", "history", "owner"])
 def test_a_nesting_bomb_is_that_objects_data_error_never_a_crash(out, tmp_path, where):
     env = env_for(out)
-    assert cli("promote", "done", env=env, cwd=tmp_path).returncode == 0
+    assert cli("promote", "done", "--force", env=env, cwd=tmp_path).returncode == 0  # smoke
     model = out / "models" / "mnist"
     if where == "champion":
         forge(model, "champion.json", NEST_BOMB)
@@ -387,7 +387,7 @@ def test_prune_never_deletes_a_run_a_live_process_holds_whatever_its_mark(out, t
 
 def test_a_stale_deletion_mark_on_an_intact_run_does_not_block_its_promotion(out, tmp_path):
     mark(out, "done", "deleting", age=2 * 3600)  # a prune died between its mark and the markers
-    proc = cli("promote", "done", env=env_for(out), cwd=tmp_path)
+    proc = cli("promote", "done", "--force", env=env_for(out), cwd=tmp_path)  # a smoke run
     assert proc.returncode == 0 and "now champion" in proc.stdout, proc.stderr
     fresh = {"state": "deleting", "at": time.time()}
     forge(out / "done", "_HOLD", json.dumps(fresh))  # a prune at work: refused

@@ -50,12 +50,15 @@ def test_submit_local_wait_follows_every_epoch_and_downloads(
         "--stall-after", "120", "--dest", str(tmp_path / "got"), env=contract, cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    lines = proc.stdout.splitlines()
-    assert "Run id: sub-local" in lines and f"Results: s3://{bucket}/runs/sub-local" in lines
-    progress = [json.loads(line) for line in lines if line.startswith("{")]
+    # On a pipe, --wait prints JSON lines only: the submission, the progress, the result.
+    submitted, *progress, result = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert submitted["event"] == "submitted" and submitted["run_id"] == "sub-local"
+    assert submitted["results"] == f"s3://{bucket}/runs/sub-local"
     assert [p["epoch"] for p in progress if p["state"] == "running" and "loss" in p] == [1, 2, 3]
-    assert any(line.startswith("Baseline Error: ") for line in lines)
-    assert any(line.startswith("Worst classes (recall): ") for line in lines)
+    assert result["event"] == "result" and result["outcome"] == "succeeded"
+    assert result["exit_code"] == 0 and 0 < result["test_accuracy"] <= 1
+    assert any(line.startswith("Baseline Error: ") for line in result["summary"])
+    assert any(line.startswith("Worst classes (recall): ") for line in result["summary"])
     # The downloaded files are the bucket's, byte for byte, as _SUCCESS lists them.
     objects = all_objects(s3_endpoint, bucket)
     manifest = json.loads(objects["runs/sub-local/_SUCCESS"])
@@ -65,7 +68,9 @@ def test_submit_local_wait_follows_every_epoch_and_downloads(
         if p.is_file()
     }
     listed = {e["path"]: e["sha256"] for e in manifest["files"]}
-    assert downloaded == {"metrics.json"} | {p for p in listed if p.startswith("images/")}
+    assert downloaded == {"metrics.json", "report.html"} | {
+        p for p in listed if p.startswith("images/")
+    }
     for path in downloaded:
         assert hashlib.sha256((tmp_path / "got" / path).read_bytes()).hexdigest() == listed[path]
     submission = json.loads(objects["runs/sub-local/submission.json"])

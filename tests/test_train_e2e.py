@@ -22,6 +22,7 @@ EXPECTED_FILES = {
     "images/samples.png",
     "images/confusion.png",
     "images/history.png",
+    "report.html",
 }
 METRICS_KEYS = (
     "schema_version", "run_id", "dataset", "n_train", "n_test", "epochs_completed",

@@ -212,9 +212,11 @@ def test_watch_follows_queued_running_completed(standin, wml_env, tmp_path):
     out = "".join(seen + list(iter(lambda: lines.get(timeout=30), None)))
     err = err_file.read_text()
     assert watcher.returncode == 0, out + err
-    states = [json.loads(line)["state"] for line in out.splitlines() if '"platform"' in line]
+    *events, result = [json.loads(line) for line in out.splitlines()]  # a pipe: JSON only
+    states = [e["state"] for e in events if e["event"] == "platform"]
     assert states[:2] == ["queued", "running"]
-    assert any(line.startswith("Baseline Error: ") for line in out.splitlines())
+    assert result["outcome"] == "succeeded"
+    assert any(line.startswith("Baseline Error: ") for line in result["summary"])
     assert (tmp_path / "got" / "metrics.json").is_file()
     assert SECRET_KEY not in out + err
 
@@ -225,6 +227,14 @@ def test_watch_reports_a_wml_failure(standin, wml_env, tmp_path):
     proc = wml("watch", "wml-fail", "--interval", "0.2", env=wml_env, cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "failed on the platform: Out of memory on the GPU (exit 137)" in proc.stdout
+
+
+def test_watch_of_a_training_deleted_in_wml_reports_it_failed(standin, wml_env, tmp_path):
+    training_id, _ = submit("wml-gone", wml_env, tmp_path)
+    del standin.trainings[training_id]  # deleted in WML: it answers 404
+    proc = wml("watch", "wml-gone", "--interval", "0.2", env=wml_env, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # failed, not 70 (a bug)
+    assert f"WML has no training {training_id} (HTTP 404)" in proc.stdout
 
 
 def test_cancel_goes_through_wml(standin, wml_env, tmp_path):

@@ -2,12 +2,14 @@
 secrets given as files (`<NAME>_FILE`) read in, platform names resolved (WML's TRAINING_ID,
 DATA_DIR, RESULT_DIR; AWS's for COS), every value parsed by its declaration, one frozen Config
 out. Precedence: explicit variables > platform variables > defaults; a `.env` fills in what the
-process environment does not set."""
+process environment does not set. Names the job does not read are sorted out on the way in
+(job.config.names), and `sources` says where each value came from."""
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import secrets
 import stat
 from collections.abc import Mapping
@@ -15,7 +17,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from job.config import names
 from job.config.cluster import cluster
+from job.config.names import FILE_SUFFIX
 from job.config.parsers import check_run_id
 from job.config.recipes import DEFAULT_RECIPE
 from job.config.sections import (
@@ -27,15 +31,21 @@ from job.config.sections import (
     Training,
     Wml,
 )
-from job.config.settings import BY_NAME, OPTIONAL_FILE_NAMES, SECRET_NAMES, VARIABLES, default
+from job.config.settings import (
+    BY_NAME,
+    OPTIONAL_FILE_NAMES,
+    SECRET_NAMES,
+    VARIABLES,
+    Variable,
+    default,
+)
 from job.errors import ConfigError
-from job.logs import REDACTED
+from job.logs import REDACTED, printable
 
 _T, _S = "training", "storage"
-# A secret may be given as the path of a file holding it (`COS_SECRET_ACCESS_KEY_FILE`), the
-# convention of Docker and Kubernetes secrets mounted as files, for every name a secret is read
-# under (SECRET_NAMES: the table's secret variables and their fallbacks).
-FILE_SUFFIX = "_FILE"
+# What no environment variable's name can hold (`=` ends the name), nor any shown: spaces and
+# control characters.
+_BAD_NAME = re.compile(r"[=\s\x00-\x1f\x7f]")
 # Keys and tokens are short; a bigger file is the wrong file, not a secret.
 MAX_SECRET_FILE_BYTES = 64 * 1024
 
@@ -49,10 +59,10 @@ def new_run_id(now: datetime | None = None) -> str:
 def given(env: Mapping[str, str]) -> dict[str, str]:
     """The table's variables that are set, fallbacks resolved, values stripped; empty values
     count as unset (templated manifests and .env files often leave them blank)."""
-    present = {k: v.strip() for k, v in env.items() if isinstance(v, str) and v.strip()}
+    present = _present(env)
     out: dict[str, str] = {}
     for var in VARIABLES:
-        name = next((n for n in (var.name, *var.fallbacks) if n in present), None)
+        name = _chosen(var, present)
         if name is None:
             continue
         value = present[name]
@@ -61,6 +71,15 @@ def given(env: Mapping[str, str]) -> dict[str, str]:
         # WML training ids look like "training-AbC123": run ids are lower-case DNS labels.
         out[var.name] = value.lower() if name == "TRAINING_ID" else value
     return out
+
+
+def _present(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: v.strip() for k, v in env.items() if isinstance(v, str) and v.strip()}
+
+
+def _chosen(var: Variable, present: Mapping[str, str]) -> str | None:
+    """The name `var` is read under: its own, else the first fallback set."""
+    return next((n for n in (var.name, *var.fallbacks) if n in present), None)
 
 
 def from_env(env: Mapping[str, str]) -> Config:
@@ -97,8 +116,51 @@ def with_run_id(cfg: Config, run_id: str) -> Config:
 
 def read_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The process environment merged over `.env` (or ENV_FILE), the process always winning,
-    with the secrets given as files read in (`secrets_from_files`)."""
+    with the secrets given as files read in (`secrets_from_files`). A name in `.env` one typo
+    from a variable is refused (exit 78); the names the job does not read are kept for one
+    warning each (job.config.names)."""
+    return _read(environ)[0]
+
+
+def sources(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Where each variable's value comes from: `environment`, the .env file (as named),
+    `recipe` or `default`; a value read under another name says which (`environment
+    (TRAINING_ID)`, `.env (COS_SECRET_ACCESS_KEY_FILE)`). Names only, never values."""
+    env, origin = _read(environ)
+    present = _present(env)
+    hidden = dict(names.hidden_now())
+    out = {}
+    for var in VARIABLES:
+        name = _chosen(var, present)
+        if name is None:
+            out[var.name] = "recipe" if var.from_recipe else "default"
+            lost = next((n for n in (var.name, *var.fallbacks) if n in hidden), None)
+            if lost:  # said, not silently: the value the user sees in .env is not the one used
+                out[var.name] += f" ({lost} is empty in the environment, hiding {hidden[lost]}'s)"
+        else:
+            via = origin.get(name, names.ENVIRONMENT)
+            out[var.name] = via if name == var.name else f"{via} ({name})"
+    return out
+
+
+def _read(environ: Mapping[str, str] | None) -> tuple[dict[str, str], dict[str, str]]:
+    """The merged variables (`read_environment`), and where each name in them came from."""
     environ = dict(os.environ if environ is None else environ)
+    from_file, shown = _env_file(environ)
+    hidden = [(name, shown) for name in names.hidden(from_file, environ)]
+    names.review(names.unknown(from_file, environ, shown), hidden)
+    origin = {**dict.fromkeys(from_file, shown), **dict.fromkeys(environ, names.ENVIRONMENT)}
+    merged = {**from_file, **environ}
+    out = secrets_from_files(merged)
+    for name in SECRET_NAMES:  # a secret read from its file comes from where the path was set
+        pointer = name + FILE_SUFFIX
+        if merged.get(pointer, "").strip() and name in out and not merged.get(name, "").strip():
+            origin[name] = f"{origin[pointer]} ({pointer})"
+    return out, origin
+
+
+def _env_file(environ: Mapping[str, str]) -> tuple[dict[str, str], str]:
+    """The variables of `.env` (or ENV_FILE) and the file as named; nothing without one."""
     from dotenv import dotenv_values
     from dotenv.parser import parse_stream
 
@@ -107,7 +169,7 @@ def read_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]
     if not path.is_file():
         if named:
             raise ConfigError("ENV_FILE", named, "the path of a readable .env file")
-        return secrets_from_files(environ)
+        return {}, ""
     shown = named or str(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -116,14 +178,28 @@ def read_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]
     # python-dotenv only warns about a line it cannot parse and drops it, so a default would be
     # used without a word: refuse the file instead.
     for binding in parse_stream(io.StringIO(text)):
+        line = binding.original.line
         if binding.error:
-            line = binding.original.line
             raise ConfigError("ENV_FILE", shown, f"a parseable .env file (line {line} is not)")
+        # A quoted key may hold anything ('A=B'=1), but no environment can hold a name with
+        # `=`, a control character or a space, nor a NUL in a value: refused here, naming the
+        # line, rather than failing where the run's environment is made (submit --backend local).
+        key, value = binding.key, binding.value or ""
+        if key is not None and (not key or _BAD_NAME.search(key) or "\0" in value):
+            bad_name = not key or _BAD_NAME.search(key)
+            problem = (
+                "a name with `=`, a space or a control character" if bad_name
+                else "a value with a NUL character"
+            )  # fmt: skip
+            raise ConfigError(
+                "ENV_FILE", shown,
+                f"a .env file of environment variables (line {line}, {printable(key, 100)!r}:"
+                f" no environment can hold {problem})",
+            )  # fmt: skip
     # Values are taken as written: no ${NAME} expansion, which would let a .env line pull any
     # variable of the process (a secret included) into a value that is printed and logged.
     values = dotenv_values(stream=io.StringIO(text), interpolate=False)
-    from_file = {k: v for k, v in values.items() if v is not None}
-    return secrets_from_files({**from_file, **environ})
+    return {k: v for k, v in values.items() if v is not None}, shown
 
 
 def secrets_from_files(env: Mapping[str, str]) -> dict[str, str]:

@@ -91,13 +91,21 @@ def _shown(value: object) -> str:
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 MAX_LEASE_SECONDS = 3600  # a lease record claiming longer is corrupt (job.runstore.lease)
 _T, _S = "training", "storage"
+# The datasets and their full (training, test) sizes: a run on fewer digits is a smoke run, never
+# a champion candidate (job.runstore.champion). tests/test_champion.py checks mnist's against
+# the real files.
+DATASETS: dict[str, tuple[int, int]] = {
+    "mnist": (60_000, 10_000),
+    "fashion_mnist": (60_000, 10_000),
+}
+
 VARIABLES: tuple[Variable, ...] = (
     Variable("RUN_ID", p.check_run_id,
              computed("UTC time + random suffix, e.g. `20261128-183557-4daaf1`"),
              "run folder name; " + p.RUN_ID_RULE + ". A finished run is never changed: reusing "
              "its id does nothing and exits 0", attr="run_id", side="both",
              fallbacks=("TRAINING_ID",)),
-    Variable("DATASET", p.choice("mnist", "fashion_mnist"), "mnist",
+    Variable("DATASET", p.choice(*DATASETS), "mnist",
              "`mnist` or `fashion_mnist` (same file formats)", _T, "dataset"),
     Variable("DATA_URI", p.text, None,
              "folder of IDX files (optionally `.gz`), a Keras-layout `.npz`, or a folder holding "

@@ -5,11 +5,21 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from job.config import Config
 from job.errors import ConfigError, JobError
-from job.launch.backend import IMAGE_REF, Backend, Options, Started, forwarded, record, run_tool
+from job.launch.backend import (
+    IMAGE_REF,
+    Backend,
+    Options,
+    Started,
+    forwarded,
+    record,
+    run_tool,
+    stream_tool,
+)
 from job.runstore import layout
 from job.runstore.store import Store
 
@@ -46,6 +56,24 @@ class Docker(Backend):
 
     def valid_handle(self, handle: str, run_id: str) -> bool:
         return handle == f"mnist-job-{run_id}"
+
+    def logs(
+        self,
+        handle: str,
+        cfg: Config,
+        submitted: dict,
+        *,
+        follow: bool,
+        interval: float,
+        out: Callable[[str], None],
+    ) -> None:
+        """`docker logs [--follow] <container>`: the container stays after it ends (no --rm),
+        so its log does too until it is removed."""
+        stream_tool(logs_command(handle, follow), out)
+
+
+def logs_command(handle: str, follow: bool) -> list[str]:
+    return ["docker", "logs", *(["--follow"] if follow else []), handle]
 
 
 def docker_command(cfg: Config, image: str, gpus: bool, env_file: Path) -> list[str]:

@@ -13,14 +13,26 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from job.config import Config
-from job.errors import ConfigError, JobError
-from job.launch.backend import IMAGE_REF, Backend, Options, Started, forwarded, record, run_tool
+from job.errors import ConfigError, DataError, JobError
+from job.launch.backend import (
+    IMAGE_REF,
+    Backend,
+    Options,
+    Started,
+    forwarded,
+    record,
+    run_tool,
+    stream_tool,
+)
+from job.logs import printable
 from job.runstore import layout
+from job.runstore.layout import SUBMISSION
 from job.runstore.store import Store
 
 K8S_IMAGE = "icr.io/mnist/mnist-job"  # the name the overlays give the image
@@ -49,6 +61,42 @@ class Kubernetes(Backend):
 
     def valid_handle(self, handle: str, run_id: str) -> bool:
         return handle == run_id
+
+    def logs(
+        self,
+        handle: str,
+        cfg: Config,
+        submitted: dict,
+        *,
+        follow: bool,
+        interval: float,
+        out: Callable[[str], None],
+    ) -> None:
+        """`kubectl logs [--follow] job/<run id>` in the namespace the submission recorded (the
+        kubeconfig's current context: the record names none). kubectl picks one pod of the
+        Job: for a multi-worker run, `kubectl logs -l job-name=<run id>` shows every worker's."""
+        where = f"{layout.run_uri(cfg.output_uri, cfg.run_id)}/{SUBMISSION}"
+        stream_tool(logs_command(handle, recorded_namespace(submitted, where), follow), out)
+
+
+def logs_command(handle: str, ns: str, follow: bool) -> list[str]:
+    follows = ["--follow"] if follow else []
+    return ["kubectl", "logs", f"job/{handle}", "--namespace", ns, *follows]
+
+
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def recorded_namespace(submitted: dict, where: str) -> str:
+    """The namespace a submission record names (read from a store: checked as a DNS label
+    before it becomes an argument); the manifests' own for a record that names none."""
+    ns = submitted.get("namespace")
+    if ns is None:
+        return namespace()
+    if not isinstance(ns, str) or not DNS_LABEL.fullmatch(ns):
+        shown = printable(ns, 80)
+        raise DataError(f"{where}: namespace {shown!r} is not a Kubernetes namespace name")
+    return ns
 
 
 def render_job(cfg: Config, env: dict[str, str], overlay: str, image: str | None) -> str:

@@ -24,14 +24,17 @@ import re
 import shlex
 import ssl
 import tempfile
+import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 from job import __version__, logs
 from job.config import HYPERPARAMETERS, Config, Wml, given
 from job.errors import EXIT_TRANSIENT, ConfigError, JobError, TransientError, classify
 from job.launch.backend import Backend, Options, Started, record
-from job.logs import REDACTED
+from job.launch.watch import RunNotFound
+from job.logs import REDACTED, printable
 from job.runstore import layout
 from job.runstore.store import Store, open_store
 
@@ -482,14 +485,59 @@ def start(cfg: Config, env: dict[str, str], zip_dir: Path) -> dict:
     }  # fmt: skip
 
 
+# What a 404 for a training means: `watch` reports it as failed on the platform, `logs` as gone.
+DELETED = (
+    "WML has no training {training_id} (HTTP 404): deleted, or in another space than "
+    "WML_SPACE_ID; its state and messages went with it"
+)
+
+
 def status(api, wml: Wml, training_id: str) -> tuple[str, str | None]:
     """WML's state of the training, and its failure message if it failed (`api` from
     `client`, made once per watch: with an API key every new client asks IAM for a token)."""
     with reaching(wml):  # a reply of another shape is "unexpected" there, exit 75
-        found = api.training.get_details(training_id)["entity"]["status"]
+        try:
+            found = api.training.get_details(training_id)["entity"]["status"]
+        except Exception as exc:  # the client's own error types differ by client and version
+            if status_of(exc) == 404:  # deleted under the watcher: it will never end there
+                return "failed", DELETED.format(training_id=training_id)
+            raise
         errors = (found.get("failure") or {}).get("errors") or []
         message = "; ".join(str(e.get("message", "")) for e in errors) or None
         return str(found["state"]), message
+
+
+# The states in which a WML training has ended (its API spells `canceled`).
+ENDED_STATES = ("completed", "failed", "canceled")
+
+
+def messages(api, wml: Wml, training_id: str) -> tuple[str, list[str]]:
+    """WML's state of the training and what WML says of it, as lines for a person: the state
+    (with when it started running or ended, where WML says), its status message, each error of
+    a failure. All of it is WML's text, shown through `printable`."""
+    with reaching(wml):  # a reply of another shape is "unexpected" there, exit 75
+        try:
+            details = api.training.get_details(training_id)
+        except Exception as exc:  # the client's own error types differ by client and version
+            if status_of(exc) == 404:  # deleted: its state and messages went with it
+                raise RunNotFound(DELETED.format(training_id=training_id)) from None
+            raise
+        found = details["entity"]["status"]
+        state = str(found["state"])
+    when = found.get("completed_at") or found.get("running_at")
+    stamp = f"{printable(when, 40)} " if isinstance(when, str) else ""
+    lines = [f"{stamp}state {printable(state, 32)}"]
+    message = found.get("message")
+    if isinstance(message, dict) and message.get("text"):
+        level = printable(message.get("level") or "message", 16)
+        lines.append(f"{level}: {printable(message['text'], 1000)}")
+    failure = found.get("failure")
+    errors = failure.get("errors") if isinstance(failure, dict) else None
+    for error in (errors if isinstance(errors, list) else [])[:20]:
+        if isinstance(error, dict):
+            code = printable(error.get("code") or "error", 64)
+            lines.append(f"failure: {code}: {printable(error.get('message', ''), 1000)}")
+    return state, lines
 
 
 def stop(handle: str, cfg: Config) -> None:
@@ -498,6 +546,11 @@ def stop(handle: str, cfg: Config) -> None:
         result = api.training.cancel(handle)
     if result not in ("SUCCESS", None):
         raise JobError(f"WML did not cancel training {handle}: {result}")
+
+
+# How long `logs --follow` keeps polling a WML that does not answer before it gives up (exit
+# 75): as long as `watch` waits for a heartbeat by default (--stall-after).
+UNREACHABLE_LIMIT = 900.0
 
 
 class WatsonML(Backend):
@@ -527,6 +580,48 @@ class WatsonML(Backend):
                 return "unknown", None
 
         return platform_state
+
+    def logs(
+        self,
+        handle: str,
+        cfg: Config,
+        submitted: dict,
+        *,
+        follow: bool,
+        interval: float,
+        out: Callable[[str], None],
+    ) -> None:
+        """WML's state and messages for the training (`messages`): the job's own log lines are
+        WML's to keep, and its client offers no call that reads them. With `follow`, polled
+        every `interval` seconds until the training has ended, each line shown once; a poll
+        that fails meanwhile is a warning, as in `watch`, until they have failed for
+        UNREACHABLE_LIMIT seconds. A training WML no longer has is not found (exit 5)."""
+        api = client(cfg.wml)
+        shown: set[str] = set()
+        failing_since: float | None = None  # when the polls began to fail, while they do
+        while True:
+            try:
+                state, lines = messages(api, cfg.wml, handle)
+                failing_since = None
+            except TransientError as exc:
+                if not follow:
+                    raise
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                if now - failing_since >= UNREACHABLE_LIMIT:  # a follow must end some time
+                    raise TransientError(
+                        f"{exc}; gave up following after {UNREACHABLE_LIMIT:.0f} s without an "
+                        "answer"
+                    ) from None
+                logs.get("job.logs").warning("platform_unreachable", error=str(exc))
+                state, lines = "unknown", []
+            for line in lines:
+                if line not in shown:
+                    shown.add(line)
+                    out(line)
+            if not follow or state in ENDED_STATES:
+                return
+            time.sleep(interval)
 
     def run_store(self, cfg: Config, store: Store, handle: str) -> Store:
         """WML puts the job's results under `<OUTPUT_URI>/<training id>/` (RESULT_DIR)."""

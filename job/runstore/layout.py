@@ -25,6 +25,7 @@ METRICS = "metrics.json"
 MODEL_FILE = "model/model.keras"
 SAVED_MODEL = "model/saved_model"
 IMAGES = "images"
+REPORT = "report.html"  # the run on one self-contained page (job.training.report)
 CHECKPOINTS = "checkpoints"
 LATEST_CHECKPOINT = "checkpoints/latest.json"
 SUBMISSION = "submission.json"  # how the submitter started the run
@@ -34,7 +35,7 @@ FAILURE = "_FAILURE"
 CANCELLED = "_CANCELLED"
 HOLD = "_HOLD"  # a champion decision's or prune's claim on a finished run (job.runstore.hold)
 CHECK_PROBE = ".check-probe"  # `check` writes, reads and deletes <OUTPUT_URI>/.check-probe-<hex>
-DOWNLOADED = (METRICS, f"{IMAGES}/")  # what `watch` fetches of a finished run
+DOWNLOADED = (METRICS, REPORT, f"{IMAGES}/")  # what `watch --dest` fetches of a finished run
 
 
 # What each record is, for job.runstore.objects: its size cap and the fields readers rely on.

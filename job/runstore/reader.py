@@ -87,6 +87,11 @@ class RunReader(RunFiles):
             raise DataError(f"{self.where(name)}: missing or not the file {SUCCESS} lists")
         return raw
 
+    def listed_metrics(self, entries: list[dict]) -> dict:
+        """metrics.json as `_SUCCESS` lists it (`listed_bytes`), decoded with its bounds."""
+        raw = self.listed_bytes(entries, METRICS)
+        return objects.decode(raw, objects.METRICS, self.where(METRICS))
+
     def download(self, dest: Path) -> dict[str, bytes]:
         """metrics.json and the images into `dest`, each checked against its `_SUCCESS` hash
         before it is moved in: nothing lands outside `dest` (written as a local store, so never
@@ -115,23 +120,37 @@ class RunReader(RunFiles):
 
 
 def run_row(store: Store, run_id: str) -> dict:
+    """One run as `runs` lists it: state, epoch, test accuracy, last update; a failed run's
+    reason (from `_FAILURE`, else its status); a finished run's figures and weights digest
+    from its metrics.json as `_SUCCESS` lists it (hash-checked). Strings are as read: the
+    caller shows them through job.logs.printable. A run that cannot be read is `unreadable`,
+    with the error, and hides no other."""
     reader = RunReader(store, run_id)
+    weights = reason = None
     try:
         reader.poll_status()
         status = reader.status or {}
-        state = reader.outcome() or str(status.get("state", "unknown"))
+        outcome = reader.outcome()
+        state = outcome or str(status.get("state", "unknown"))
+        accuracy = (status.get("metrics") or {}).get("test_accuracy")
+        if outcome == "succeeded":
+            metrics = reader.listed_metrics(reader.manifest())
+            accuracy = metrics.get("test_accuracy", accuracy)
+            weights = metrics.get("weights_sha256")
+        elif outcome == "failed":
+            reason = (reader.read_json(FAILURE) or {}).get("reason") or status.get("reason")
     except JobError as exc:  # one corrupt run must not hide the others
         return {"run_id": run_id, "state": "unreadable", "error": str(exc), "updated_at": None}
-    accuracy = (status.get("metrics") or {}).get("test_accuracy")
+    updated = status.get("updated_at")
     return {
         "run_id": run_id,
         "state": state,
         "epoch": status.get("epoch"),
         "epochs": status.get("epochs"),
         "test_accuracy": accuracy if isinstance(accuracy, (int, float)) else None,
-        "updated_at": status.get("updated_at")
-        if isinstance(status.get("updated_at"), str)
-        else None,
+        "weights_sha256": weights if isinstance(weights, str) else None,
+        "reason": reason if isinstance(reason, str) else None,
+        "updated_at": updated if isinstance(updated, str) else None,
     }
 
 

@@ -12,6 +12,8 @@ from job.training import compat
 from job.training.preemption import PreemptionGuard
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+# Keras names a callback hook's argument `logs`; the module is reached through these.
+_draw, _progress_text, _progress_width = logs.progress, logs.progress_text, logs.progress_width
 
 
 class History:
@@ -87,6 +89,44 @@ class EpochReporter(keras.callbacks.Callback):
             metrics=values,
             history=self.history.entries,
         )
+
+
+class ProgressLine(keras.callbacks.Callback):
+    """On a terminal, the epoch in progress as one line redrawn in place (job.logs.progress),
+    which the epoch's own log line then replaces: each epoch is shown once, in plain words.
+
+    Instead of Keras's bar (fit's `verbose=0`): that one prints its own summary of each epoch,
+    repeating the `epoch` event, and writes to stdout while the log lines go to stderr, so
+    neither could know where the other left the cursor. Redrawn at most every 0.1 s."""
+
+    def __init__(self, epochs: int, steps_per_epoch: int) -> None:
+        super().__init__()
+        self.epochs = epochs
+        self.steps = steps_per_epoch
+        self._epoch = 0
+        self._start = self._drawn = 0.0
+        self._values: dict[str, float] = {}
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self._epoch = epoch + 1
+        self._start = self._drawn = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        now = time.perf_counter()
+        done = batch + 1  # Keras passes the last step's index, also for several steps a call
+        if now - self._drawn < 0.1 and done < self.steps:
+            return
+        self._drawn = now
+        self._values = {k: float(logs[k]) for k in ("loss", "accuracy") if logs and k in logs}
+        self._show(done, now - self._start)
+
+    def on_test_begin(self, logs=None) -> None:
+        self._show(self.steps, 0.0, testing=True)  # the test pass: seconds on the full test set
+
+    def _show(self, done: int, seconds: float, testing: bool = False) -> None:
+        line = _progress_text(self._epoch, self.epochs, done, self.steps, seconds, self._values,
+                              testing=testing, width=_progress_width())  # fmt: skip
+        _draw(line)
 
 
 class StopAtAccuracy(keras.callbacks.Callback):

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from job.config import Config
-from job.errors import ConfigError, JobError, PreconditionFailed, Preempted
+from job.errors import ConfigError, JobError, PreconditionFailed, Preempted, classify
 from job.runstore.lease import LostOwnership, RunOwned
 from job.runstore.publish import FinishedElsewhere
 from job.runstore.store import Store, open_store
@@ -130,7 +130,7 @@ class RunContext:
                 # A refused write means another process wrote the run: it is not ours to mark.
                 self.log.error("run_not_ours", error=str(exc))
             elif exc is not None:
-                self.run.end("failed", f"{type(exc).__name__}: {exc}")
+                self.run.end("failed", f"{type(exc).__name__}: {exc}", classify(exc)[1])
         finally:
             self._release()
 

@@ -9,6 +9,7 @@ silent download.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import io
@@ -48,6 +49,24 @@ MAX_DATA_BYTES = 16 * 60_000 * 28 * 28
 # An .npy member's own header (numpy's default limit for reading one) on top of its array.
 MAX_NPY_HEADER = 10_000
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first entry, or an empty zip
+GZIP_MAGIC = b"\x1f\x8b"
+# What people give in place of the data, by its first bytes: said, instead of a format error
+# that points the wrong way.
+OTHER_FILES = (
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"%PDF-", "a PDF document"),
+    (b"\x93NUMPY", "a single .npy array (an .npz holds the four arrays)"),
+    (GZIP_MAGIC, "a gzip file"),
+    (b"BZh", "a bzip2 file"),
+    (b"\xfd7zXZ\x00", "an xz file"),
+)
+HEAD_BYTES = 64  # enough to tell the formats above, and text
+FOLDER_ENTRIES_SHOWN = 1000  # a folder's other entries are counted up to this
 FILE_KINDS = (
     (stat.S_ISDIR, "a folder"),
     (stat.S_ISFIFO, "a FIFO"),
@@ -90,7 +109,9 @@ def open_regular(path: Path) -> BinaryIO:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise DataError(f"{path}: unreadable ({exc.strerror})") from None
+        dangling = exc.errno == errno.ENOENT and os.path.islink(path)
+        why = "a link to a missing file" if dangling else exc.strerror
+        raise DataError(f"{path}: unreadable ({why})") from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
@@ -117,6 +138,15 @@ def read_idx(stream: BinaryIO, *, name: str, ndim: int, file_size: int | None = 
     """Decode one IDX (ubyte) array from `stream`, checking the magic number, rank and exact
     length. The size the header claims is checked (against `file_size` when known, and against
     MAX_DATA_BYTES) before the body is read, so a hostile header costs nothing."""
+    dims, claimed = _idx_header(stream, name=name, ndim=ndim, file_size=file_size)
+    body = _read_exactly(stream, math.prod(dims), f"{name}: IDX size mismatch: {claimed}")
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
+
+
+def _idx_header(
+    stream: BinaryIO, *, name: str, ndim: int, file_size: int | None
+) -> tuple[tuple[int, ...], str]:
+    """An IDX header's dimensions, checked as read_idx says, and what it claims (for errors)."""
     magic = stream.read(4)
     if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] != IDX_UBYTE:
         raise DataError(f"{name}: not an IDX ubyte file (bad magic number {magic.hex()!r})")
@@ -135,8 +165,7 @@ def read_idx(stream: BinaryIO, *, name: str, ndim: int, file_size: int | None = 
     most = MAX_DATA_BYTES if ndim > 1 else MAX_DATA_BYTES // math.prod(IMAGE_SHAPE)
     if size > most:
         raise DataError(f"{name}: {claimed}, more than a data file may hold ({most} bytes)")
-    body = _read_exactly(stream, size, f"{name}: IDX size mismatch: {claimed}")
-    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
+    return dims, claimed
 
 
 def parse_idx(raw: bytes, *, name: str, ndim: int) -> np.ndarray:
@@ -168,29 +197,37 @@ def validate(arrays: dict[str, np.ndarray], source: str) -> None:
 
 @contextlib.contextmanager
 def _idx_stream(path: Path) -> Iterator[tuple[BinaryIO, int | None]]:
-    """An IDX file's bytes as a stream (inflated for `.gz`) and its size, when known."""
-    with open_regular(path) as fh:
-        if path.suffix != ".gz":
-            yield fh, os.fstat(fh.fileno()).st_size
-            return
-        with gzip.GzipFile(fileobj=fh, mode="rb") as inflated:
-            yield inflated, None  # known only once inflated: read_idx bounds it instead
+    """An IDX file's bytes as a stream (inflated for `.gz`) and its size, when known; a read
+    that fails in it (a truncated or corrupt gzip stream) is a DataError naming the file."""
+    try:
+        with open_regular(path) as fh:
+            if path.suffix != ".gz":
+                yield fh, os.fstat(fh.fileno()).st_size
+                return
+            with gzip.GzipFile(fileobj=fh, mode="rb") as inflated:
+                yield inflated, None  # known only once inflated: read_idx bounds it instead
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
 
 
-def read_idx_dir(folder: Path) -> dict[str, np.ndarray]:
-    arrays = {}
+def _idx_files(folder: Path, idx: list[Path]) -> Iterator[tuple[str, Path, int]]:
+    """Each array's key, the IDX file it is read from (of `idx`, the folder's IDX files as
+    _data_files lists them: plain before .gz) and its rank, in IDX_FILES order; a missing one is
+    a DataError when its turn comes, so the loader and in_place fail on the same file first."""
+    names = {p.name for p in idx}
     for key, stem in IDX_FILES.items():
-        candidates = [folder / stem, folder / f"{stem}.gz"]
-        # exists(), not is_file(): a FIFO or folder of that name is reported as what it is.
-        path = next((p for p in candidates if p.exists()), None)
-        if path is None:
+        name = next((n for n in (stem, f"{stem}.gz") if n in names), None)
+        if name is None:
             raise DataError(f"{folder}: missing IDX file {stem} (or {stem}.gz)")
-        ndim = 3 if key.startswith("x") else 1
-        try:
-            with _idx_stream(path) as (stream, size):
-                arrays[key] = read_idx(stream, name=str(path), ndim=ndim, file_size=size)
-        except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
-            raise DataError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
+        yield key, folder / name, 3 if key.startswith("x") else 1
+
+
+def read_idx_dir(folder: Path, idx: list[Path] | None = None) -> dict[str, np.ndarray]:
+    """The four arrays of a folder of IDX files (`idx`: its IDX files, when already listed)."""
+    arrays = {}
+    for key, path, ndim in _idx_files(folder, _data_files(folder)[1] if idx is None else idx):
+        with _idx_stream(path) as (stream, size):
+            arrays[key] = read_idx(stream, name=str(path), ndim=ndim, file_size=size)
     return arrays
 
 
@@ -229,18 +266,49 @@ def _npy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> n
     return np.frombuffer(body, dtype=np.uint8).reshape(shape, order="F" if fortran else "C")
 
 
+WANTED = (
+    f"a folder of IDX files ({', '.join(IDX_FILES.values())}, each optionally .gz) "
+    "or an .npz archive in Keras's mnist.npz layout"
+)
+
+
+def _check_head(path: Path, fh: BinaryIO) -> None:
+    """`fh` (at its start) begins as an .npz archive does; otherwise a DataError saying what the
+    file is instead (an image, one IDX file, text...) and what DATA_URI should name."""
+    head = fh.read(HEAD_BYTES)
+    if head[:4] in ZIP_MAGICS:
+        return
+    idx = bytes([0, 0, IDX_UBYTE])
+    if head.startswith(idx) or (head.startswith(GZIP_MAGIC) and _gzipped(fh, idx)):
+        raise DataError(
+            f"{path}: one IDX file is not a data set: DATA_URI names the folder holding "
+            f"all four ({', '.join(IDX_FILES.values())}), or an .npz archive"
+        )
+    kind = next((name for magic, name in OTHER_FILES if head.startswith(magic)), None)
+    if kind is None and len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        kind = "a Python pickle"  # protocol 2 and later: np.save's object arrays, torch files
+    if kind is None and head and all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        kind = "a text file"
+    if kind is None:
+        kind = f"begins {head[:4].hex()!r}" if head else "empty"
+        raise DataError(f"{path}: not an .npz archive or IDX file ({kind}); expected {WANTED}")
+    raise DataError(f"{path}: not an .npz archive or IDX file: {kind}; expected {WANTED}")
+
+
+def _gzipped(fh: BinaryIO, magic: bytes) -> bool:
+    """A gzip stream whose content begins with `magic` (a few bytes inflated, no more)."""
+    fh.seek(0)
+    try:
+        with gzip.GzipFile(fileobj=fh, mode="rb") as inflated:
+            return inflated.read(len(magic)) == magic
+    except (OSError, EOFError, zlib.error):
+        return False
+
+
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     """A Keras-layout .npz (x_train, y_train, x_test, y_test), read member by member."""
     with open_regular(path) as fh:
-        head = fh.read(4)
-        if head.startswith(bytes([0, 0, IDX_UBYTE])):
-            raise DataError(
-                f"{path}: one IDX file is not a data set: DATA_URI names the folder holding "
-                f"all four ({', '.join(IDX_FILES.values())}), or an .npz archive"
-            )
-        if head not in ZIP_MAGICS:
-            begins = f"begins {head.hex()!r}" if head else "empty"
-            raise DataError(f"{path}: not an .npz archive or IDX file ({begins})")
+        _check_head(path, fh)
         fh.seek(0)
         try:
             with zipfile.ZipFile(fh) as archive:
@@ -264,11 +332,69 @@ def read_local(path: Path) -> dict[str, np.ndarray]:
     """A folder of IDX files, a folder holding `<dataset>.npz`/`mnist.npz`, or an .npz file."""
     if not path.is_dir():  # a FIFO or device too: read_npz says what it is
         return read_npz(path)
-    npz = sorted(path.glob("*.npz"))
-    has_idx = any((path / s).exists() or (path / f"{s}.gz").exists() for s in IDX_FILES.values())
-    if npz and not has_idx:
+    npz, idx, _ = _data_files(path)
+    if npz and not idx:
         return read_npz(npz[0])
-    return read_idx_dir(path)
+    return read_idx_dir(path, idx)
+
+
+def _data_files(folder: Path) -> tuple[list[Path], list[Path], int]:
+    """The .npz archives and the IDX files (plain or .gz) in `folder`, by name only (a link,
+    FIFO or folder of such a name is listed: opening it says what it is), sorted, and how many
+    other entries it holds, counted up to FOLDER_ENTRIES_SHOWN + 1. A folder that cannot be
+    listed is a DataError naming it."""
+    wanted = {n for s in IDX_FILES.values() for n in (s, f"{s}.gz")}
+    npz, idx, others = [], [], 0
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name in wanted:
+                    idx.append(folder / entry.name)
+                elif entry.name.endswith(".npz") and not entry.name.startswith("."):
+                    npz.append(folder / entry.name)  # as glob("*.npz") did: no hidden files
+                else:
+                    others = min(others + 1, FOLDER_ENTRIES_SHOWN + 1)
+    except OSError as exc:
+        raise DataError(f"{folder}: unreadable folder ({exc.strerror})") from None
+    return sorted(npz), sorted(idx), others
+
+
+def in_place(path: Path) -> str:
+    """What `load` reads at `path` is there and of the right kind, told without reading the
+    data: the file(s) the loader would read are opened as it opens them (regular files, a link
+    to one is fine) and their heads checked as it checks them (an .npz archive's first bytes;
+    each of the four IDX files' header, magic number, rank and, uncompressed, size), with the
+    loader's messages. Costs a folder listing, four opens and a few bytes read from each:
+    `train` runs it before TensorFlow loads and before any run folder is written
+    (job.check.before_training). A DataError (65) names what was looked for, or what is
+    there instead."""
+    try:
+        is_folder = stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR) and not os.path.lexists(path):
+            raise DataError(f"DATA_URI={str(path)!r}: no such file or folder") from None
+        is_folder = False  # a dangling link, or a folder above it not entered: open_regular says
+    if not is_folder:
+        _npz_head(path)
+        return f"{path}: an .npz archive"
+    npz, idx, others = _data_files(path)
+    if npz and not idx:
+        _npz_head(npz[0])
+        return f"{path}: {npz[0].name}"
+    if not idx:
+        shown = f"over {FOLDER_ENTRIES_SHOWN}" if others > FOLDER_ENTRIES_SHOWN else str(others)
+        holds = f"it holds {shown} other entries" if others else "it is empty"
+        raise DataError(f"{path}: no MNIST-format file ({holds}): looked for {WANTED}")
+    for _, file, ndim in _idx_files(path, idx):
+        with _idx_stream(file) as (stream, size):
+            _idx_header(stream, name=str(file), ndim=ndim, file_size=size)
+    return f"{path}: {len(IDX_FILES)} IDX files"
+
+
+def _npz_head(path: Path) -> None:
+    """`path` is a regular file beginning as an .npz archive does (else read_npz's DataError)."""
+    with open_regular(path) as fh:
+        _check_head(path, fh)
 
 
 def _keras_download(dataset: str) -> dict[str, np.ndarray]:
@@ -306,8 +432,7 @@ def load(dataset: str, path: Path | str | None) -> Dataset:
         arrays, source = _keras_download(dataset), f"keras.datasets.{dataset}"
     else:
         path = Path(path)
-        if not path.exists():
-            raise DataError(f"DATA_URI={str(path)!r}: no such file or folder")
+        in_place(path)
         arrays, source = read_local(path), str(path)
     validate(arrays, source)
     return Dataset(dataset, source, **arrays)

@@ -114,11 +114,14 @@ class RunLifecycle:
 
     def promote(self) -> None:
         """After `_SUCCESS`, the champion decision PROMOTE asks for (job.runstore.champion),
-        recorded in status.json beside the final figures. The run's own files do not change, and
-        a decision that fails (the store, a corrupt champion record) does not undo the run: it
-        is logged as `promotion_failed` and recorded as not promoted, with the error. A rerun
-        of a finished run whose status holds no decision (the process died in between) takes
-        it then: deciding again on the same run is harmless ("already the champion")."""
+        recorded in status.json beside the final figures. A smoke run (TRAIN_LIMIT/TEST_LIMIT
+        below the full sets) is refused under every policy, with the reason and what would do
+        it (champion.decide); only `promote --force` overrides. The run's own files do not
+        change, and a decision that fails (the store, a corrupt champion record) does not undo
+        the run: it is logged as `promotion_failed` and recorded as not promoted, with the
+        error. A rerun of a finished run whose status holds no decision (the process died in
+        between) takes it then: deciding again on the same run is harmless ("already the
+        champion", not recorded twice)."""
         promotion, name = self.config.promotion, self.config.model_name
         if promotion.policy == "never" or not self.config.is_chief:
             return
@@ -147,8 +150,9 @@ class RunLifecycle:
                 store.put_bytes(status_key, layout.to_json({**status, "promotion": decision}),
                                 if_match=etag)  # fmt: skip
 
-    def end(self, state: str, reason: str) -> None:
-        """Record how the run ended, once. Best effort: the store may be what failed."""
+    def end(self, state: str, reason: str, exit_code: int | None = None) -> None:
+        """Record how the run ended, once (a failure with the exit code the process ends
+        with). Best effort: the store may be what failed."""
         with self._end:
             if self._ended:
                 return
@@ -162,7 +166,9 @@ class RunLifecycle:
                     self.lease.verify()
                 epoch = len(self.history)
                 if state == "failed":
-                    self.publisher.fail(reason, epoch=epoch, last_log=logs.recent())
+                    self.publisher.fail(
+                        reason, epoch=epoch, last_log=logs.recent(), exit_code=exit_code
+                    )
                 else:
                     self.publisher.status(state, reason=reason, epoch=epoch)
             except JobError as exc:  # LostOwnership included: then it is not ours to record
@@ -171,5 +177,5 @@ class RunLifecycle:
     def abort(self, error: JobError) -> None:
         """End the process from another thread (the watchdog) through the same exit path as the
         main thread: `_FAILURE`, one error line, the error's exit code."""
-        self.end("failed", f"{type(error).__name__}: {error}")
+        self.end("failed", f"{type(error).__name__}: {error}", error.exit_code)
         end_process(error, self.config.secrets())

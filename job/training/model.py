@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import keras
 
+from job import logs
+
 INPUT_SHAPE = (28, 28, 1)
 
 
@@ -70,9 +72,14 @@ def compile_model(
     )
 
 
-def layer_table(model) -> list[str]:
-    """One line per layer (name, type, output shape, parameters): the summary, log-friendly."""
-    return [
-        f"{layer.name} {type(layer).__name__} {tuple(layer.output.shape)} {layer.count_params()}"
-        for layer in model.layers
-    ]
+def layer_table(model) -> logs.Table:
+    """The model.summary() table: one row per layer (name, type, output shape, parameters) and
+    the total. JSON logs carry each row as one line, `conv2d Conv2D (None, 26, 26, 32) 320`."""
+    return logs.Table(
+        header=("layer", "type", "output shape", "parameters"),
+        rows=tuple(
+            (layer.name, type(layer).__name__, str(tuple(layer.output.shape)), layer.count_params())
+            for layer in model.layers
+        ),
+        footer=("total", "", "", model.count_params()),
+    )

@@ -8,13 +8,13 @@ same path the container takes. Its return value is exactly what `metrics.json` h
 
 from __future__ import annotations
 
-import sys
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from job import logs
 from job.config import VARIABLES, Config
 from job.runstore.store import Store
 from job.training import (
@@ -27,7 +27,13 @@ from job.training import (
     metrics,
     precision,
 )
-from job.training.callbacks import EpochReporter, EvaluateAverage, StopAtAccuracy, StopOnRequest
+from job.training.callbacks import (
+    EpochReporter,
+    EvaluateAverage,
+    ProgressLine,
+    StopAtAccuracy,
+    StopOnRequest,
+)
 from job.training.context import RunContext
 from job.training.model import build_model, compile_model, layer_table, learning_rate
 from job.training.plan import TrainingPlan, training_plan
@@ -162,16 +168,19 @@ def fit(
         callbacks.append(ctx.watchdog)
     if stopper:
         callbacks.append(stopper)
+    if logs.shows_progress():  # console logs on a terminal: the epoch in progress, in place
+        callbacks.append(ProgressLine(t.epochs, plan.steps_per_epoch))
     ctx.run.publisher.status("running", epoch=first_epoch, epochs=t.epochs)
     started = time.perf_counter()
-    model.fit(
-        **plan.fit_args(first_epoch),
-        epochs=t.epochs,
-        initial_epoch=first_epoch,
-        callbacks=callbacks,
-        # A progress bar only on a terminal; otherwise the reporter's one event per epoch.
-        verbose=1 if sys.stdout.isatty() else 0,
-    )
+    with logs.progress_line():  # erased however fit ends: the next line starts clean
+        model.fit(
+            **plan.fit_args(first_epoch),
+            epochs=t.epochs,
+            initial_epoch=first_epoch,
+            callbacks=callbacks,
+            # Never Keras's bar: it repeats each epoch's event (job.training.callbacks).
+            verbose=0,
+        )
     return time.perf_counter() - started, stopper
 
 

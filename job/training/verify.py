@@ -21,7 +21,7 @@ import numpy as np
 
 from job.config import HYPERPARAMETERS, Config, from_env
 from job.errors import ConfigError, DataError
-from job.runstore.layout import METRICS, MODEL_FILE, RUN_RECORD
+from job.runstore.layout import MODEL_FILE, RUN_RECORD
 from job.runstore.reader import RunReader
 from job.runstore.store import open_store
 from job.training import fingerprint, train
@@ -39,8 +39,10 @@ class Verdict:
 def recorded(cfg: Config, run_id: str) -> tuple[dict, list[np.ndarray], dict]:
     """A finished run's metrics, its model's weights and its start record."""
     run = RunReader(open_store(cfg.output_uri, cfg.storage), run_id)
-    raw = run.listed_bytes(run.manifest(), MODEL_FILE)
-    metrics = run.read_json(METRICS) or {}
+    entries = run.manifest()
+    # Both as _SUCCESS lists them: a metrics.json edited after publication is not the run's.
+    metrics = run.listed_metrics(entries)
+    raw = run.listed_bytes(entries, MODEL_FILE)
     with tempfile.TemporaryDirectory(prefix="mnist-job-verify-", dir=cfg.work_dir) as scratch:
         path = Path(scratch) / Path(MODEL_FILE).name
         path.write_bytes(raw)
