@@ -1,9 +1,11 @@
 """The command line: `python -m job <command>` (or `mnist-job`), one function per command.
 
-Commands: train, check, config, data, predict, submit, watch, runs, prune, cancel,
-models, promote, rollback (`python -m job --help`). Each subcommand names its function with
-`set_defaults(func=...)`; `main` runs it and turns any error into one line on stderr (a
-traceback only with LOG_LEVEL=debug) and its exit code (job.errors.report).
+Commands: train, check, config, data, predict, verify, submit, watch, show, logs, runs, prune,
+cancel, models, promote, rollback (`python -m job --help`; a bare `python -m job` prints that
+and exits 2). Each subcommand names its function with `set_defaults(func=...)`; `main` runs it
+and turns any error into one line on stderr (a traceback only with LOG_LEVEL=debug) and its exit
+code (job.errors.report). Listings and decisions take `--json` (`wants_json`): stdout then holds
+JSON lines only.
 
 Only light modules are imported at the top: the submitter's commands never load TensorFlow or
 numpy. The training commands import theirs inside the function (marked `# deferred:`).
@@ -274,8 +276,8 @@ def _watch_options(parser: argparse.ArgumentParser) -> None:
 
 def wants_json(args: argparse.Namespace, *, when_piped: bool = False) -> bool:
     """Whether a command prints JSON lines: `--json`, or stdout not a terminal for the commands
-    whose documented piped output is JSON (`models`, `check`). stdout never mixes the two: a
-    command that prints JSON prints only JSON."""
+    whose documented piped output is JSON (`models`, `check`, `watch`, `submit --wait`). stdout
+    never mixes the two: a command that prints JSON prints only JSON."""
     return bool(getattr(args, "json", False)) or (when_piped and not sys.stdout.isatty())
 
 
@@ -563,11 +565,13 @@ def cmd_cancel(cfg: config_mod.Config, args: argparse.Namespace) -> int:
 
 
 def cmd_predict(cfg: config_mod.Config, args: argparse.Namespace) -> int:
-    if not 1 <= args.top <= 10:  # before TensorFlow's seconds of loading
+    if not 1 <= args.top <= 10:  # everything that can fail does so before TensorFlow loads
         raise ConfigError("--top", args.top, "a number of digits from 1 to 10")
-    logs.import_tensorflow_quietly(cfg.logging.level)
-    from job.training.predict import champion_model, classify  # deferred: TensorFlow
+    # TensorFlow only once the model and the pictures are found
+    from job.training import predict  # deferred: numpy and Pillow
 
+    if args.save_input is not None:  # the options (78), then the model, then the pictures (65)
+        predict.save_folder(args.save_input)
     try:
         scratch_dir = tempfile.TemporaryDirectory(prefix="mnist-job-predict-", dir=cfg.work_dir)
     except OSError as exc:
@@ -578,8 +582,13 @@ def cmd_predict(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         if named and not model.exists():  # a file or folder of that name is what it says
             name = args.model.removeprefix(f"{layout.MODELS}/").strip("/")
             name = cfg.model_name if name == "champion" else name
-            model = champion_model(cfg, config_mod.check_model_name("MODEL_NAME", name), scratch)
-        results = classify(model, args.images, save_input=args.save_input)
+            model = predict.champion_model(
+                cfg, config_mod.check_model_name("MODEL_NAME", name), scratch
+            )
+        model = predict.resolve_model(model)
+        pictures = predict.prepare(args.images)  # a bad or blank one fails in a split second
+        logs.import_tensorflow_quietly(cfg.logging.level)
+        results = predict.classify(model, args.images, pictures, save_input=args.save_input)
     as_json = wants_json(args)
     for r in results:
         print(json.dumps(r.summary(args.top)) if as_json else r.line(args.top))

@@ -692,7 +692,9 @@ def model_file(tmp_path: Path, kind: str) -> Path:
 def test_predict_with_a_broken_model_is_a_data_error(kind, tmp_path):
     from job.training.predict import predict
 
-    Image.new("L", (28, 28)).save(tmp_path / "digit.png")
+    digit = Image.new("L", (28, 28))
+    digit.paste(255, (12, 6, 16, 22))  # a stroke: a picture with ink, so the model is what fails
+    digit.save(tmp_path / "digit.png")
     with pytest.raises(DataError, match=r"m\.keras: not a Keras model") as err:
         predict(model_file(tmp_path, kind), [tmp_path / "digit.png"])
     assert err.value.exit_code == EXIT_DATA

@@ -8,6 +8,8 @@ small digits in a page corner, grey noisy photos, chalk on a dark board."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -259,6 +261,22 @@ def test_a_blank_picture_is_one_line_and_exit_65(model, tmp_path):
     assert proc.returncode == EXIT_DATA and proc.stdout == ""
     assert proc.stderr.strip() == f"error: {tmp_path / 'blank.png'}: no ink: nothing stands out " \
         "from the background (a blank, uniform or too faint picture)"  # fmt: skip
+
+
+def test_a_blank_picture_is_refused_before_tensorflow_or_the_model_is_read(tmp_path):
+    (tmp_path / "m.keras").write_text("not a model: never read")
+    Image.new("L", (280, 280), 255).save(tmp_path / "blank.png")
+    env = job_env(OUTPUT_URI=str(tmp_path / "out"))
+    code = (
+        "import sys\nfrom job.cli import main\nrc = main(sys.argv[1:])\n"
+        "sys.exit(99 if 'tensorflow' in sys.modules else rc)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "predict", str(tmp_path / "m.keras"),
+         str(tmp_path / "blank.png")], env=env, cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == EXIT_DATA, proc.stderr  # 99: TensorFlow was loaded first
+    assert proc.stderr.startswith(f"error: {tmp_path / 'blank.png'}: no ink")
 
 
 def test_bad_options_are_one_line_naming_them(tmp_path):

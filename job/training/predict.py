@@ -429,30 +429,32 @@ def champion_model(cfg, name: str, scratch: str) -> Path:
     return path
 
 
+def prepare(image_paths: list[Path]) -> list[np.ndarray]:
+    """The 28x28 picture the model is given for each image, in order: read and prepared before
+    TensorFlow and the model take their seconds to load, so a missing, hanging, huge or blank
+    one fails at once. Only the small pictures are kept: a hundred phone photos are not all in
+    memory at once."""
+    return [to_model_input(image, read_pixels(image)) for image in image_paths]
+
+
 def classify(
-    model_path: Path, image_paths: list[Path], *, save_input: Path | None = None
+    model_path: Path,
+    image_paths: list[Path],
+    pictures: list[np.ndarray] | None = None,
+    *,
+    save_input: Path | None = None,
 ) -> list[Prediction]:
-    """Each image's class probabilities from the model at `model_path`, in order."""
+    """Each image's class probabilities from the model at `model_path`, in order
+    (`pictures`: the images already `prepare`d)."""
     import keras
 
     path = resolve_model(model_path)
     folder = save_folder(save_input) if save_input is not None else None
-    # Every file is read and prepared before the model's seconds of loading: a missing, hanging
-    # or huge one fails at once. A picture with no ink is reported once the model has loaded,
-    # so a broken model is reported as such whatever the pictures hold. Only the 28x28
-    # pictures are kept: a hundred phone photos are not all in memory at once.
-    pictures, refused = [], None
-    for image in image_paths:
-        try:
-            pictures.append(to_model_input(image, read_pixels(image)))
-        except NoInk as exc:
-            refused = refused or exc
+    pictures = prepare(image_paths) if pictures is None else pictures
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # Keras raises what its readers raise: zip, JSON, HDF5, config
         raise DataError(f"{path}: not a Keras model ({type(exc).__name__}: {exc})") from None
-    if refused is not None:
-        raise refused
     saved = save_pictures(folder, image_paths, pictures) if folder else [None] * len(pictures)
     # Raw uint8: the model scales its own input (job.training.model).
     probs = np.asarray(model.predict(np.stack(pictures)[..., None], verbose=0), dtype=np.float64)
