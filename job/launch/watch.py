@@ -61,9 +61,14 @@ class RunNotFound(JobError):
     exit_code = WATCH_EXIT["not_found"]
 
 
+def worst_classes(metrics: dict, n: int = 3) -> list[dict]:
+    """The `n` classes of lowest recall, as metrics.json's `per_class` holds them."""
+    return sorted(metrics.get("per_class", []), key=lambda c: c["recall"])[:n]
+
+
 def summary(metrics: dict, files: str) -> list[str]:
     """The person's lines for a finished run (`files`: where its files are)."""
-    worst = sorted(metrics.get("per_class", []), key=lambda c: c["recall"])[:3]
+    worst = worst_classes(metrics)
     return [
         f"Baseline Error: {metrics['baseline_error_pct']:.2f}%",
         f"Test accuracy: {100 * metrics['test_accuracy']:.2f}% "
@@ -117,7 +122,7 @@ def _succeeded(reader: RunReader, download_to: Path | None) -> tuple[list[str], 
         where, downloaded = str(download_to), sorted(files)
     try:
         lines = summary(metrics, where)
-        worst = sorted(metrics.get("per_class", []), key=lambda c: c["recall"])[:3]
+        worst = worst_classes(metrics)
         fields = {
             "baseline_error_pct": metrics["baseline_error_pct"],
             "test_accuracy": metrics["test_accuracy"],
